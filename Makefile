@@ -1,0 +1,29 @@
+# One command from a fresh clone to a training run (`make train`) and one to green tests (`make test`).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch. On a GPU machine: make install TORCH="torch==2.11.0" (or whatever CUDA build you use).
+TORCH ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: install test lint train clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check torchrl_awr scripts tests
+
+test: lint
+	$(PY) -m pytest -q -m "not slow" tests
+
+train: install
+	$(PY) scripts/train_mujoco.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,104 @@
+"""Plot our eval curves against the original AWR's logged curves and print the comparison table.
+
+    python scripts/plot_curves.py --task half_cheetah --runs docs/runs/halfcheetah-v5-seed0 \\
+        --reference ../shared/reference/awr_original_curves.csv --out docs/halfcheetah_vs_original.png
+
+``--runs`` takes output dirs (each with ``eval.csv``); ``--reference`` is the
+original implementation's curves (columns env, seed, samples, test_return,
+wall_hours; 10 seeds per task, Gym -v2). The table gives the mean of the last
+three logged points at or below each budget, as in ``AWR_REFERENCE.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+BUDGETS = (300_000, 1_000_000, 3_000_000)
+
+
+def read_reference(path: Path, task: str) -> dict[str, list[tuple[float, float]]]:
+    curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row["env"] == task:
+                curves[row["seed"]].append((float(row["samples"]), float(row["test_return"])))
+    if not curves:
+        raise ValueError(f"task {task!r} not in {path}")
+    return curves
+
+
+def read_run(path: Path) -> list[tuple[float, float]]:
+    with (path / "eval.csv").open() as f:
+        return [(float(r["frames"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
+
+
+def at_budget(curve: list[tuple[float, float]], budget: float) -> float | None:
+    """Mean of the last three logged points at or below ``budget``."""
+    values = [ret for frames, ret in curve if frames <= budget]
+    return float(np.mean(values[-3:])) if values else None
+
+
+def table(named_curves: dict[str, list[list[tuple[float, float]]]]) -> str:
+    lines = ["| curve | " + " | ".join(f"{b // 1000}k" for b in BUDGETS) + " |", "|---" * (len(BUDGETS) + 1) + "|"]
+    for name, curves in named_curves.items():
+        cells = []
+        for budget in BUDGETS:
+            values = [v for v in (at_budget(c, budget) for c in curves) if v is not None]
+            if not values or max(frames for c in curves for frames, _ in c) < budget * 0.95:
+                cells.append("–")
+            elif len(values) > 1:
+                cells.append(f"{np.mean(values):.0f} ± {np.std(values):.0f}")
+            else:
+                cells.append(f"{values[0]:.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="task name in the reference CSV, e.g. half_cheetah")
+    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="our output dirs (with eval.csv)")
+    parser.add_argument("--labels", nargs="*", help="legend labels for --runs")
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--max-frames", type=float, default=3e6)
+    args = parser.parse_args(argv)
+
+    reference = read_reference(args.reference, args.task)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.linspace(0, args.max_frames, 200)
+    ref = np.stack([np.interp(grid, *zip(*sorted(c))) for c in reference.values()])
+    ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
+    ax.fill_between(grid, ref.mean(0) - ref.std(0), ref.mean(0) + ref.std(0), color="gray", alpha=0.25)
+    labels = args.labels or [p.name for p in args.runs]
+    ours = {}
+    for path, label in zip(args.runs, labels):
+        curve = read_run(path)
+        ours[label] = [curve]
+        ax.plot(*zip(*curve), label=label)
+    ax.set_xlim(0, args.max_frames)
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel("deterministic eval return")
+    ax.set_title(f"AWR on {args.task}: torchrl-awr vs the original")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(table({f"original (-v2, {len(reference)} seeds)": list(reference.values()), **ours}))
+    print(f"plot: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

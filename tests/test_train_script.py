@@ -1,0 +1,147 @@
+"""scripts/train_mujoco.py as a user runs it: outputs, SIGKILL + resume, bad input, learning."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_mujoco.py"
+FAST = [
+    "optim.actor_steps=20",
+    "optim.critic_steps=10",
+    "optim.batch_size=64",
+    "collector.frames_per_batch=512",
+    "env.num_envs=2",
+    "eval.episodes=2",
+    "logger.backend=csv",
+]
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
+
+
+def read_eval(path: Path) -> list[dict[str, float]]:
+    with (path / "eval.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_short_run_writes_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_script("env.name=Pendulum-v1", "collector.total_frames=2048", "eval.interval=2", f"output_dir={out}", *FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"output dir: {out}" in proc.stdout
+    for name in ("config.yaml", "eval.csv", "policy.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "checkpoints").iterdir())
+    rows = read_eval(out)
+    assert [row["frames"] for row in rows] == [1024, 2048]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 2048
+    assert summary["final_eval_return_mean"] == pytest.approx(rows[-1]["eval_return_mean"])
+    assert summary["wall_time_s"] > 0
+    state = torch.load(out / "policy.pt")
+    assert any(k.endswith("loc") for k in state)  # the observation normaliser ships with the policy
+
+
+def test_wandb_offline_default_and_discrete_env(tmp_path: Path) -> None:
+    out = tmp_path / "cartpole"
+    proc = run_script("env.name=CartPole-v1", "collector.total_frames=1024", f"output_dir={out}", *FAST[:-1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((out / "wandb").glob("offline-run-*")), "W&B must run offline by default"
+    assert json.loads((out / "summary.json").read_text())["final_eval_return_mean"] > 0
+
+
+def test_sigkill_then_resume_continues_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    args = ["env.name=Pendulum-v1", "collector.total_frames=12288", "checkpoint.interval=1", "eval.interval=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args, f"output_dir={out}", *FAST],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "checkpoints").glob("checkpoint-*"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = read_eval(out)
+    assert 0 < before[-1]["frames"] < 12288
+
+    resumed = run_script(f"resume={out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = read_eval(out)
+    frames = [row["frames"] for row in rows]
+    assert frames == list(range(512, 12288 + 1, 512)), "eval curve must continue without gaps or repeats"
+    walls = [row["wall_time_s"] for row in rows]
+    assert walls == sorted(walls)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 12288
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["env.name=NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
+        (["loss.beta=0"], "loss.beta=0"),
+        (["loss.beta=-1"], "loss.beta=-1"),
+        (["optim.actorlr=1e-3"], "unknown override key 'optim.actorlr'"),
+        (["resume=/nonexistent/run"], "resume='/nonexistent/run'"),
+        (["logger.backend=mlflow"], "logger.backend='mlflow'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    proc = run_script(*args, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", *FAST).returncode == 0
+    for payload in (out / "checkpoints").glob("checkpoint-*/components/*/*.json"):
+        payload.write_bytes(b"garbage")
+    proc = run_script(f"resume={out}", timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "unreadable" in proc.stderr
+
+
+def test_learns_inverted_pendulum() -> None:
+    """Fixed-seed learning check on a small task (a few CPU minutes)."""
+    out = ROOT / "outputs" / "pytest-learning-invpend"
+    proc = run_script(
+        "env.name=InvertedPendulum-v5",
+        "collector.total_frames=40960",
+        "optim.actor_lr=1e-3",
+        "optim.actor_steps=200",
+        "optim.critic_steps=50",
+        "eval.interval=2",
+        "seed=0",
+        f"output_dir={out}",
+        "logger.backend=none",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_eval_return_mean"] >= 900, summary  # the maximum is 1000; random is ~50

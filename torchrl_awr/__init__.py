@@ -1,0 +1,26 @@
+"""torchrl-awr: Advantage-Weighted Regression as native TorchRL parts."""
+
+from torchrl_awr.config import AWRConfig, load_config
+from torchrl_awr.envs import make_env
+from torchrl_awr.hooks import Evaluate, RegressionPhase, RelabelTargets, UpdateObservationNorm
+from torchrl_awr.loss import AWRLoss, awr_weights
+from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
+from torchrl_awr.targets import relabel
+from torchrl_awr.trainer import AWRTrainer
+
+__all__ = [
+    "AWRConfig",
+    "AWRLoss",
+    "AWRTrainer",
+    "Evaluate",
+    "RegressionPhase",
+    "RelabelTargets",
+    "UpdateObservationNorm",
+    "awr_weights",
+    "load_config",
+    "make_awr_actor",
+    "make_awr_value",
+    "make_env",
+    "make_observation_norm",
+    "relabel",
+]

@@ -1,0 +1,140 @@
+"""Builders with one job each, from a resolved config (as in TorchRL's sota-implementations utils)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+from omegaconf import DictConfig
+from torchrl.collectors import Collector
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import EnvBase
+from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
+
+from torchrl_awr.config import to_dict
+from torchrl_awr.loss import AWRLoss
+from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; use device=cpu or device=auto.")
+    return torch.device(device)
+
+
+def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
+    """Actor, critic (sharing one observation normaliser) and the AWR loss with its TD(λ) estimator."""
+    obs_spec = env.observation_spec_unbatched["observation"]
+    action_spec = env.action_spec_unbatched
+    norm = make_observation_norm(obs_spec.shape[-1])
+    actor = make_awr_actor(
+        obs_spec,
+        action_spec,
+        hidden_sizes=cfg.model.hidden_sizes,
+        action_std=cfg.model.action_std,
+        learn_std=cfg.model.learn_std,
+        observation_norm=norm,
+    )
+    value_scale = 1.0 / (1.0 - cfg.loss.gamma) if cfg.loss.gamma < 1 else 1.0
+    value = make_awr_value(
+        obs_spec, hidden_sizes=cfg.model.hidden_sizes, value_scale=value_scale, observation_norm=norm
+    )
+    continuous = action_spec.dtype.is_floating_point
+    loss = AWRLoss(
+        actor,
+        value,
+        beta=cfg.loss.beta,
+        max_weight=cfg.loss.max_weight,
+        normalize_advantage=cfg.loss.normalize_advantage,
+        action_bound_penalty=cfg.loss.action_bound_penalty if continuous else 0.0,
+        action_spec=action_spec if continuous else None,
+        entropy_coeff=cfg.loss.entropy_coeff,
+        value_scale=value_scale,
+    )
+    loss.make_value_estimator(gamma=cfg.loss.gamma, lmbda=cfg.loss.lmbda)
+    return loss
+
+
+def make_optimizers(cfg: DictConfig, loss: AWRLoss) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """``(actor_optimizer, critic_optimizer)``: SGD with momentum (the original) or Adam."""
+
+    def make(params, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in params if p.requires_grad]
+        if cfg.optim.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum)
+
+    return make(loss.actor_network.parameters(), cfg.optim.actor_lr), make(
+        loss.value_network.parameters(), cfg.optim.critic_lr
+    )
+
+
+def make_replay_buffer(cfg: DictConfig, output_dir: Path, device: torch.device) -> TensorDictReplayBuffer:
+    """FIFO buffer of ``buffer.size`` transitions in RAM (``tensor``) or memory-mapped files (``memmap``)."""
+    if cfg.buffer.storage == "memmap":
+        storage = LazyMemmapStorage(cfg.buffer.size, scratch_dir=output_dir / "buffer", device=device)
+    else:
+        storage = LazyTensorStorage(cfg.buffer.size, device=device)
+    return TensorDictReplayBuffer(storage=storage)
+
+
+def make_collector(cfg: DictConfig, env: EnvBase, policy: torch.nn.Module) -> Collector:
+    """TorchRL's :class:`~torchrl.collectors.Collector` (formerly ``SyncDataCollector``), running forever.
+
+    The trainer, not the collector, stops at ``collector.total_frames``, so a
+    resumed run continues counting from its checkpoint.
+    """
+    return Collector(
+        env,
+        policy,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=-1,
+        auto_register_policy_transforms=False,
+    )
+
+
+def max_episode_steps(env_name: str) -> int:
+    """The task's time limit (1000 where gymnasium registers none)."""
+    return gym.spec(env_name).max_episode_steps or 1000
+
+
+def make_logger(cfg: DictConfig, output_dir: Path) -> Logger | None:
+    """A :mod:`torchrl.record.loggers` logger; W&B runs offline unless ``logger.mode=online``.
+
+    The W&B run id is kept in ``output_dir/wandb_id`` so a resumed run logs into the same run.
+    """
+    exp_name = output_dir.name
+    if cfg.logger.backend == "none":
+        return None
+    if cfg.logger.backend == "csv":
+        return CSVLogger(exp_name, log_dir=str(output_dir / "logs"))
+    if cfg.logger.backend == "tensorboard":
+        return TensorboardLogger(exp_name, log_dir=str(output_dir / "logs"))
+    id_file = output_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    logger = WandbLogger(
+        exp_name,
+        offline=cfg.logger.mode == "offline",
+        save_dir=str(output_dir),
+        id=run_id,
+        project=cfg.logger.project,
+        group=cfg.logger.group or None,
+        mode=cfg.logger.mode,
+        resume="allow",
+        config=to_dict(cfg),
+        log_env_packages=False,
+    )
+    id_file.write_text(logger.experiment.id)
+    return logger
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

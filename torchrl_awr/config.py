@@ -1,0 +1,228 @@
+"""Run configuration: one dataclass per part, per-task presets, ``key=value`` overrides.
+
+The defaults and presets are the original implementation's settings
+(``shared/AWR_REFERENCE.md``). Overrides use the Hydra/OmegaConf dot-list
+syntax (``loss.beta=0.5 optim.actor_lr=1e-4``), which is also what a W&B sweep
+agent passes with ``${args_no_hyphens}``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class EnvConfig:
+    name: str = "HalfCheetah-v5"
+    num_envs: int = 8  # gymnasium sync vector env in one process: ~3.6x the frames/s of one env
+
+
+@dataclass
+class CollectorConfig:
+    total_frames: int = 1_000_000
+    frames_per_batch: int = 2048  # the original's samples per iteration
+
+
+@dataclass
+class BufferConfig:
+    size: int = 50_000
+    storage: str = "tensor"  # tensor | memmap
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    action_std: float = 0.2
+    learn_std: bool = False
+    normalizer_samples: int = 100_000
+
+
+@dataclass
+class LossConfig:
+    beta: float = 1.0
+    max_weight: float = 20.0
+    gamma: float = 0.99
+    lmbda: float = 0.95
+    normalize_advantage: bool = True
+    action_bound_penalty: float = 10.0
+    entropy_coeff: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd (momentum, the original) | adam
+    actor_lr: float = 5e-5
+    critic_lr: float = 1e-2
+    momentum: float = 0.9
+    actor_steps: int = 1000
+    critic_steps: int = 200
+    batch_size: int = 256
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | csv | tensorboard | none
+    mode: str = "offline"  # offline | online | disabled (wandb only)
+    project: str = "torchrl-awr"
+    group: str = ""
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 10  # AWR iterations between deterministic evaluations
+    episodes: int = 5
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 10  # AWR iterations between checkpoints
+    keep_last: int = 2
+
+
+@dataclass
+class AWRConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    device: str = "cpu"
+    output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
+    resume: str = ""  # an output dir of a killed run to continue
+
+
+# The original's per-task settings (AWR_REFERENCE.md); everything else keeps the defaults above.
+PRESETS: dict[str, dict[str, object]] = {
+    "HalfCheetah": {"optim.actor_lr": 5e-5, "model.action_std": 0.4, "model.normalizer_samples": 300_000},
+    "Hopper": {"optim.actor_lr": 1e-4, "model.action_std": 0.4, "model.normalizer_samples": 300_000},
+    "Walker2d": {"optim.actor_lr": 2.5e-5, "model.action_std": 0.4, "model.normalizer_samples": 300_000},
+    "Ant": {"optim.actor_lr": 5e-5, "model.action_std": 0.2, "model.normalizer_samples": 300_000},
+    "Humanoid": {"optim.actor_lr": 5e-5, "model.action_std": 0.2, "model.normalizer_samples": 300_000},
+    "LunarLander": {"optim.actor_lr": 5e-4, "model.normalizer_samples": 100_000},
+}
+
+CHOICES = {
+    "buffer.storage": ("tensor", "memmap"),
+    "optim.optimizer": ("sgd", "adam"),
+    "logger.backend": ("wandb", "csv", "tensorboard", "none"),
+    "logger.mode": ("offline", "online", "disabled"),
+    "device": ("cpu", "cuda", "auto"),
+}
+POSITIVE = (
+    "loss.beta",
+    "loss.max_weight",
+    "collector.total_frames",
+    "collector.frames_per_batch",
+    "buffer.size",
+    "env.num_envs",
+    "optim.actor_lr",
+    "optim.critic_lr",
+    "optim.batch_size",
+    "model.action_std",
+    "eval.interval",
+    "eval.episodes",
+    "checkpoint.interval",
+    "checkpoint.keep_last",
+)
+
+
+def preset_for(env_name: str) -> dict[str, object]:
+    """The original's settings for a task, matched on the id's name without version.
+
+    Examples:
+        >>> preset_for("Hopper-v5")["optim.actor_lr"]
+        0.0001
+        >>> preset_for("CartPole-v1")
+        {}
+    """
+    return dict(PRESETS.get(env_name.split("-")[0].split("/")[-1], {}))
+
+
+def all_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
+    """Every overridable dotted key."""
+    cfg = OmegaConf.structured(AWRConfig) if cfg is None else cfg
+    keys = []
+    for name, value in cfg.items():
+        if isinstance(value, DictConfig):
+            keys += all_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def load_config(overrides: list[str], base: DictConfig | None = None) -> DictConfig:
+    """Defaults ← task preset ← ``key=value`` overrides, validated.
+
+    With ``base`` (the saved config of a run being resumed) the overrides apply
+    on top of it and no preset is applied again.
+
+    Raises:
+        ValueError: one line naming the bad override and what is allowed.
+
+    Examples:
+        >>> cfg = load_config(["env.name=Hopper-v5", "loss.beta=0.5"])
+        >>> cfg.optim.actor_lr, cfg.loss.beta
+        (0.0001, 0.5)
+        >>> load_config(["loss.betta=0.5"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown override key 'loss.betta'; did you mean 'loss.beta'?
+    """
+    keys = all_keys()
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+")
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. loss.beta=0.5).")
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(keys)}."
+            raise ValueError(f"unknown override key {key!r}; {hint}")
+    schema = OmegaConf.structured(AWRConfig)
+    try:
+        cli = OmegaConf.from_dotlist([item.lstrip("+") for item in overrides])
+        if base is None:
+            env_name = OmegaConf.merge(schema, cli).env.name
+            preset = OmegaConf.from_dotlist([f"{k}={v}" for k, v in preset_for(env_name).items()])
+            cfg = OmegaConf.merge(schema, preset, cli)
+        else:
+            cfg = OmegaConf.merge(schema, base, cli)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"bad override: {str(err).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """One-line ``ValueError`` for a value outside what a key allows."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}.")
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if not value > 0:
+            raise ValueError(f"{key}={value!r} is invalid; it must be > 0.")
+    for key in ("optim.actor_steps", "optim.critic_steps", "model.normalizer_samples", "loss.entropy_coeff"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
+    if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):
+        raise ValueError(f"loss.gamma={cfg.loss.gamma!r}, loss.lmbda={cfg.loss.lmbda!r}: both must lie in [0, 1].")
+    if cfg.collector.frames_per_batch % cfg.env.num_envs:
+        raise ValueError(
+            f"collector.frames_per_batch={cfg.collector.frames_per_batch} must be a multiple of "
+            f"env.num_envs={cfg.env.num_envs}."
+        )
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """Plain nested dict of a resolved config (for loggers and ``config.yaml``)."""
+    return OmegaConf.to_container(cfg, resolve=True)

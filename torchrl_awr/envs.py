@@ -1,0 +1,65 @@
+"""Environments: any gymnasium id as a TorchRL env, with the transforms AWR expects."""
+
+from __future__ import annotations
+
+import difflib
+
+import gymnasium as gym
+from torchrl.envs import Compose, DoubleToFloat, GymWrapper, RewardSum, StepCounter, TransformedEnv
+
+
+def check_env_id(env_name: str) -> None:
+    """Raise a one-line ``ValueError`` for an id gymnasium does not know, with the closest ids.
+
+    Examples:
+        >>> check_env_id("HalfCheetah-v5")
+        >>> check_env_id("HalfCheeta-v5")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown env id 'HalfCheeta-v5'; did you mean: HalfCheetah-v5, HalfCheetah-v4, HalfCheetah-v3?
+    """
+    if env_name in gym.registry:
+        return
+    close = difflib.get_close_matches(env_name, list(gym.registry), n=3, cutoff=0.6)
+    hint = f"did you mean: {', '.join(close)}?" if close else "see gymnasium.registry for the registered ids."
+    raise ValueError(f"unknown env id {env_name!r}; {hint}")
+
+
+def make_env(env_name: str, *, num_envs: int = 1, seed: int | None = None, device: str = "cpu") -> TransformedEnv:
+    """A gymnasium task as a TorchRL env: float observations, step counter, episode return.
+
+    ``num_envs > 1`` steps that many copies in one process through gymnasium's
+    synchronous vector env (same-step auto-reset, so ``("next", "observation")``
+    of a finished episode is its true last observation). The env's batch size
+    is then ``[num_envs]`` and collectors return ``[num_envs, T]`` batches with
+    per-env trajectory ids, which :func:`torchrl_awr.relabel` keeps apart.
+
+    Observation normalisation is not an env transform here: it lives inside the
+    networks (see :func:`torchrl_awr.make_observation_norm`), so the replay
+    buffer stores raw observations, as in the original implementation.
+
+    Examples:
+        >>> env = make_env("Pendulum-v1", seed=0)
+        >>> td = env.rollout(3)
+        >>> td["next", "episode_reward"].shape
+        torch.Size([3, 1])
+    """
+    check_env_id(env_name)
+    if num_envs < 1:
+        raise ValueError(f"num_envs={num_envs!r}; it must be an integer >= 1.")
+    if num_envs == 1:
+        base = gym.make(env_name)
+    else:
+        base = gym.make_vec(
+            env_name,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        )
+    # GymWrapper already returns a TransformedEnv for vector envs: append rather than nest.
+    env = GymWrapper(base, device=device, categorical_action_encoding=False).append_transform(
+        Compose(DoubleToFloat(), StepCounter(), RewardSum())
+    )
+    if seed is not None:
+        env.set_seed(seed)
+    return env

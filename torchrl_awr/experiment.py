@@ -1,0 +1,130 @@
+"""One online AWR run from a config: build, train, evaluate, checkpoint, summarise.
+
+The output directory holds ``config.yaml`` (the resolved config), ``eval.csv``
+(one row per evaluation), ``checkpoints/``, ``policy.pt`` (the final actor's
+state dict, observation normaliser included) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from torchrl_awr.builders import (
+    make_collector,
+    make_logger,
+    make_loss,
+    make_optimizers,
+    make_replay_buffer,
+    max_episode_steps,
+    resolve_device,
+    write_json,
+)
+from torchrl_awr.config import load_config
+from torchrl_awr.envs import check_env_id, make_env
+from torchrl_awr.hooks import Evaluate
+from torchrl_awr.trainer import AWRTrainer
+
+
+def default_output_dir(cfg: DictConfig) -> Path:
+    """``outputs/<env>/<UTC timestamp>-s<seed>-<pid>``: unique per run, also for parallel sweep agents."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path("outputs") / cfg.env.name.replace("/", "_") / f"{stamp}-s{cfg.seed}-{os.getpid()}"
+
+
+def resolve_run(overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The run's config and output directory; with ``resume=<dir>``, the saved config of that run.
+
+    Raises:
+        ValueError: bad overrides, or a resume dir without a readable ``config.yaml``.
+    """
+    cfg = load_config(overrides)
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ValueError(f"resume={cfg.resume!r}: no config.yaml there; pass the output dir of a run.")
+        try:
+            base = OmegaConf.load(saved)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
+            raise ValueError(f"resume={cfg.resume!r}: config.yaml is unreadable ({type(err).__name__}).") from None
+        if not list((run_dir / "checkpoints").glob("checkpoint-*")):
+            raise ValueError(f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from.")
+        cfg = load_config([o for o in overrides if not o.startswith("resume=")], base=base)
+        cfg.resume = str(run_dir)
+        return cfg, run_dir
+    check_env_id(cfg.env.name)
+    return cfg, Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) -> tuple[AWRTrainer, Evaluate]:
+    """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
+    loss = make_loss(cfg, env).to(device)
+    actor_optim, critic_optim = make_optimizers(cfg, loss)
+    replay_buffer = make_replay_buffer(cfg, output_dir, device)
+    trainer = AWRTrainer(
+        collector=make_collector(cfg, env, loss.actor_network),
+        loss_module=loss,
+        replay_buffer=replay_buffer,
+        actor_optimizer=actor_optim,
+        critic_optimizer=critic_optim,
+        total_frames=cfg.collector.total_frames,
+        actor_steps=cfg.optim.actor_steps,
+        critic_steps=cfg.optim.critic_steps,
+        batch_size=cfg.optim.batch_size,
+        observation_norm=loss.actor_network.module[0][0],
+        normalizer_samples=cfg.model.normalizer_samples,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        checkpoint_dir=output_dir / "checkpoints",
+        checkpoint_interval=cfg.checkpoint.interval,
+        keep_checkpoints=cfg.checkpoint.keep_last,
+        logger=make_logger(cfg, output_dir),
+        progress_bar=progress_bar,
+        seed=cfg.seed,
+    )
+    evaluator = Evaluate(
+        make_env(cfg.env.name, num_envs=cfg.eval.episodes, seed=cfg.seed + 10_000),
+        loss.actor_network,
+        trainer.clock,
+        interval=cfg.eval.interval,
+        max_steps=max_episode_steps(cfg.env.name),
+        csv_path=output_dir / "eval.csv",
+    )
+    evaluator.register(trainer)
+    return trainer, evaluator
+
+
+def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) -> dict:
+    """Train (or resume) one run and write its outputs; returns the summary."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        OmegaConf.save(cfg, output_dir / "config.yaml")
+    trainer, evaluator = build_trainer(cfg, output_dir, progress_bar)
+    if cfg.resume:
+        trainer.resume(output_dir / "checkpoints")
+    if trainer.progress_bar:
+        trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
+    trainer.train()
+    torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
+    final = evaluator.history[-1]
+    summary = {
+        "env": cfg.env.name,
+        "seed": cfg.seed,
+        "final_eval_return_mean": final["eval_return_mean"],
+        "final_eval_return_std": final["eval_return_std"],
+        "frames": trainer.collected_frames,
+        "wall_time_s": trainer.clock.wall_time,
+        "output_dir": str(output_dir),
+    }
+    write_json(output_dir / "summary.json", summary)
+    if cfg.logger.backend == "wandb":
+        trainer.logger.experiment.summary.update(summary)
+        trainer.logger.experiment.finish()
+    return summary

@@ -1,0 +1,388 @@
+"""Trainer hooks, one per step of an AWR iteration, named after the paper's steps.
+
+Each hook is a :class:`~torchrl.trainers.TrainerHookBase`: it registers itself
+at its default stage with :meth:`register`, can be put elsewhere with
+:meth:`~torchrl.trainers.Trainer.register_op`, and carries its state into
+checkpoints through ``state_dict``/``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl.data import ReplayBuffer
+from torchrl.envs import EnvBase, ObservationNorm
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.trainers import Trainer, TrainerHookBase
+
+from torchrl_awr.loss import AWRLoss
+from torchrl_awr.targets import chronological_indices, relabel
+
+EVAL_CSV_FIELDS = ("frames", "wall_time_s", "eval_return_mean", "eval_return_std")
+
+
+def _valid(batch: TensorDictBase) -> TensorDictBase:
+    """A collector batch flattened to its valid transitions."""
+    mask = batch.get(("collector", "mask"), None)
+    return batch[mask] if mask is not None else batch.reshape(-1)
+
+
+class UpdateObservationNorm(TrainerHookBase):
+    """Running mean/std of observations over the first ``max_samples`` samples, then frozen.
+
+    Writes the statistics into a shared :class:`~torchrl.envs.ObservationNorm`
+    (``loc``/``scale``) that sits inside the actor and critic, as the original
+    implementation does (std floored at ``min_std``). Stage: ``batch_process``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_awr import make_observation_norm
+        >>> norm = make_observation_norm(2)
+        >>> hook = UpdateObservationNorm(norm, max_samples=100)
+        >>> hook(TensorDict(observation=torch.tensor([[1.0, 0.0], [3.0, 0.0]]), batch_size=[2]))
+        >>> norm.loc, norm.scale
+        (tensor([2., 0.]), tensor([1.0000, 0.0100]))
+    """
+
+    def __init__(self, norm: ObservationNorm, max_samples: int, min_std: float = 1e-2) -> None:
+        self.norm = norm
+        self.max_samples = max_samples
+        self.min_std = min_std
+        self.key = norm.in_keys[0]
+        size = norm.loc.shape
+        self.count = 0
+        self.total = torch.zeros(size, dtype=torch.float64)
+        self.total_sq = torch.zeros(size, dtype=torch.float64)
+
+    def __call__(self, batch: TensorDictBase) -> None:
+        if self.count >= self.max_samples:
+            return
+        obs = _valid(batch).get(self.key).reshape(-1, *self.norm.loc.shape).double().cpu()
+        self.count += obs.shape[0]
+        self.total += obs.sum(0)
+        self.total_sq += obs.pow(2).sum(0)
+        mean = self.total / self.count
+        std = (self.total_sq / self.count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(self.min_std)
+        self.norm.loc.copy_(mean.to(self.norm.loc))
+        self.norm.scale.copy_(std.to(self.norm.scale))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "total": self.total, "total_sq": self.total_sq}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.count = int(state_dict["count"])
+        self.total = state_dict["total"].clone()
+        self.total_sq = state_dict["total_sq"].clone()
+
+    def register(self, trainer: Trainer, name: str = "update_observation_norm") -> None:
+        trainer.register_op("batch_process", self)
+        trainer.register_module(name, self)
+
+
+class ExtendBuffer(TrainerHookBase):
+    """Append the collected batch (valid transitions only) to the FIFO replay buffer. Stage: ``batch_process``."""
+
+    def __init__(self, replay_buffer: ReplayBuffer, exclude: tuple = ("loc", "scale", "logits", "observation_norm")):
+        self.replay_buffer = replay_buffer
+        self.exclude = exclude
+
+    def __call__(self, batch: TensorDictBase) -> None:
+        self.replay_buffer.extend(_valid(batch).exclude(*self.exclude))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.replay_buffer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.replay_buffer.load_state_dict(state_dict)
+
+    def register(self, trainer: Trainer, name: str = "replay_buffer") -> None:
+        trainer.register_op("batch_process", self)
+        trainer.register_module(name, self)
+
+
+class RelabelTargets(TrainerHookBase):
+    """Recompute TD(λ) targets and advantages over the whole buffer with the current critic.
+
+    AWR runs it twice per iteration: before the critic phase and before the
+    actor phase. Stage: ``pre_optim_steps``.
+    """
+
+    def __init__(self, replay_buffer: ReplayBuffer, loss_module: AWRLoss, log_prefix: str = "relabel") -> None:
+        self.replay_buffer = replay_buffer
+        self.loss_module = loss_module
+        self.log_prefix = log_prefix
+        self._trainer: Trainer | None = None
+
+    def __call__(self) -> None:
+        stats = relabel(self.replay_buffer, self.loss_module)
+        if self._trainer is not None:
+            self._trainer._log(**{f"{self.log_prefix}/{k}": v for k, v in stats.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return
+
+    def register(self, trainer: Trainer, name: str = "relabel_targets") -> None:
+        self._trainer = trainer
+        trainer.register_op("pre_optim_steps", self)
+
+
+def shuffled_minibatches(data: TensorDictBase, batch_size: int, steps: int) -> Iterator[TensorDictBase]:
+    """``steps`` minibatches drawn by shuffled passes over ``data`` (a new permutation per pass).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> data = TensorDict(x=torch.arange(6), batch_size=[6])
+        >>> batches = list(shuffled_minibatches(data, 3, 4))
+        >>> [len(b) for b in batches], sorted(torch.cat([b["x"] for b in batches[:2]]).tolist())
+        ([3, 3, 3, 3], [0, 1, 2, 3, 4, 5])
+    """
+    n = data.shape[0]
+    if n < batch_size:
+        raise ValueError(f"batch_size={batch_size} exceeds the {n} transitions in the buffer.")
+    per_pass = n // batch_size
+    perm = torch.empty(0, dtype=torch.long)
+    for step in range(steps):
+        if step % per_pass == 0:
+            perm = torch.randperm(n, device=data.device)
+        start = (step % per_pass) * batch_size
+        yield data[perm[start : start + batch_size]]
+
+
+class RegressionPhase(TrainerHookBase):
+    """One of AWR's two supervised phases: ``steps`` minibatch SGD steps on a loss method.
+
+    ``loss_fn`` is :meth:`AWRLoss.value_loss` (critic phase) or
+    :meth:`AWRLoss.actor_loss` (actor phase); each returns ``(loss, metadata)``.
+    Minibatches are shuffled passes over the buffer's current content, read
+    once per phase for the keys the loss needs (one gather instead of a
+    ``ReplayBuffer.sample`` call per step). The averaged loss and metadata are
+    logged under ``<name>/``. Stage: ``pre_optim_steps``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        loss_fn: Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]],
+        keys: list,
+        replay_buffer: ReplayBuffer,
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+        batch_size: int,
+        clip_grad_norm: float | None = None,
+    ) -> None:
+        self.name = name
+        self.loss_fn = loss_fn
+        self.keys = keys
+        self.replay_buffer = replay_buffer
+        self.optimizer = optimizer
+        self.steps = steps
+        self.batch_size = batch_size
+        self.clip_grad_norm = clip_grad_norm
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._trainer: Trainer | None = None
+
+    def __call__(self) -> None:
+        if self.steps == 0:
+            return
+        storage = self.replay_buffer.storage
+        data = storage.get(chronological_indices(self.replay_buffer)).select(*self.keys)
+        totals: dict[str, Tensor] = {}
+        for batch in shuffled_minibatches(data, self.batch_size, self.steps):
+            loss, metadata = self.loss_fn(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+            self.optimizer.step()
+            for key, value in (("loss", loss.detach()), *metadata.items()):
+                totals[key] = totals.get(key, 0.0) + value
+        metrics = {f"{self.name}/{k}": (v / self.steps).item() for k, v in totals.items()}
+        if not math.isfinite(metrics[f"{self.name}/loss"]):
+            raise FloatingPointError(f"{self.name}: the loss became non-finite ({metrics[f'{self.name}/loss']}).")
+        if self._trainer is not None:
+            self._trainer._log(**metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def register(self, trainer: Trainer, name: str | None = None) -> None:
+        self._trainer = trainer
+        trainer.register_op("pre_optim_steps", self)
+        trainer.register_module(name or self.name, self)
+
+
+class LogEpisodeReturn(TrainerHookBase):
+    """Mean return of the training episodes that ended in the batch. Stage: ``pre_steps_log``."""
+
+    def __init__(self, key: tuple = ("next", "episode_reward"), done_key: tuple = ("next", "done")) -> None:
+        self.key = key
+        self.done_key = done_key
+
+    def __call__(self, batch: TensorDictBase) -> dict[str, float] | None:
+        done = batch.get(self.done_key).squeeze(-1)
+        if not done.any():
+            return None
+        returns = batch.get(self.key).squeeze(-1)[done]
+        return {"train/return": returns.mean().item(), "log_pbar": True}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return
+
+    def register(self, trainer: Trainer, name: str = "log_episode_return") -> None:
+        trainer.register_op("pre_steps_log", self)
+
+
+class RunClock(TrainerHookBase):
+    """Wall time across resumes, frames/s and the iteration count. Stage: ``post_steps_log``."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self.iteration = 0
+        self._start = time.perf_counter()
+        self._last = (self._start, 0)
+        self._trainer: Trainer | None = None
+
+    @property
+    def wall_time(self) -> float:
+        return self.elapsed + time.perf_counter() - self._start
+
+    def __call__(self, batch: TensorDictBase) -> dict[str, float]:
+        self.iteration += 1
+        now, frames = time.perf_counter(), self._trainer.collected_frames
+        last_time, last_frames = self._last
+        self._last = (now, frames)
+        return {
+            "frames": frames,
+            "iteration": self.iteration,
+            "wall_time_s": self.wall_time,
+            "frames_per_s": (frames - last_frames) / max(now - last_time, 1e-9),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.wall_time, "iteration": self.iteration}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed = float(state_dict["elapsed"])
+        self.iteration = int(state_dict["iteration"])
+        self._start = time.perf_counter()
+        self._last = (self._start, self._trainer.collected_frames if self._trainer else 0)
+
+    def register(self, trainer: Trainer, name: str = "clock") -> None:
+        self._trainer = trainer
+        trainer.register_op("post_steps_log", self)
+        trainer.register_module(name, self)
+
+
+class Evaluate(TrainerHookBase):
+    """Deterministic-policy evaluation every ``interval`` iterations, appended to ``eval.csv``.
+
+    Runs ``episodes`` episodes at once on a batched eval env (one per env) and
+    scores each by its first episode's return. Stage: ``post_steps_log``; also
+    runs once at shutdown so the final policy is always evaluated.
+    """
+
+    def __init__(
+        self,
+        env: EnvBase,
+        policy: torch.nn.Module,
+        clock: RunClock,
+        *,
+        interval: int,
+        max_steps: int,
+        csv_path: str | Path | None = None,
+        return_key: tuple = ("next", "episode_reward"),
+    ) -> None:
+        self.env = env
+        self.policy = policy
+        self.clock = clock
+        self.interval = interval
+        self.max_steps = max_steps
+        self.csv_path = Path(csv_path) if csv_path is not None else None
+        self.return_key = return_key
+        self.last_frames = -1
+        self.history: list[dict[str, float]] = []
+        self._trainer: Trainer | None = None
+
+    @torch.no_grad()
+    def episode_returns(self) -> Tensor:
+        """Return of the first episode of each eval env under the deterministic policy."""
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            rollout = self.env.rollout(self.max_steps, self.policy, break_when_any_done=False, break_when_all_done=True)
+        rollout = rollout.reshape(*self.env.batch_size, -1)  # [envs, T]
+        done = rollout.get(("next", "done")).squeeze(-1).clone()
+        done[..., -1] = True  # an episode still running at max_steps counts as it stands
+        first = done.float().argmax(-1, keepdim=True)
+        return rollout.get(self.return_key).squeeze(-1).gather(-1, first).squeeze(-1)
+
+    def evaluate(self) -> dict[str, float]:
+        returns = self.episode_returns()
+        row = {
+            "frames": self._trainer.collected_frames if self._trainer else 0,
+            "wall_time_s": self.clock.wall_time,
+            "eval_return_mean": returns.mean().item(),
+            "eval_return_std": returns.std(unbiased=False).item(),
+        }
+        self.history.append(row)
+        self.last_frames = row["frames"]
+        if self.csv_path is not None:
+            new = not self.csv_path.exists()
+            with self.csv_path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=EVAL_CSV_FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        return row
+
+    def __call__(self, batch: TensorDictBase) -> dict[str, float] | None:
+        if self.clock.iteration % self.interval:
+            return None
+        row = self.evaluate()
+        return {
+            "eval/return_mean": row["eval_return_mean"],
+            "eval/return_std": row["eval_return_std"],
+            "log_pbar": True,
+        }
+
+    def final(self) -> None:
+        if self._trainer is not None and self.last_frames != self._trainer.collected_frames:
+            row = self.evaluate()
+            self._trainer._log(
+                **{"eval/return_mean": row["eval_return_mean"], "eval/return_std": row["eval_return_std"]}
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_frames": self.last_frames, "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_frames = int(state_dict["last_frames"])
+        self.history = [dict(row) for row in state_dict["history"]]
+        if self.csv_path is not None:  # drop rows written after the checkpoint: the resumed run redoes them
+            with self.csv_path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=EVAL_CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(self.history)
+
+    def register(self, trainer: Trainer, name: str = "evaluate") -> None:
+        self._trainer = trainer
+        trainer.register_op("post_steps_log", self)
+        trainer.register_op("shutdown", self.final)
+        trainer.register_module(name, self)

@@ -1,0 +1,419 @@
+"""AWRLoss: Advantage-Weighted Regression as a TorchRL :class:`~torchrl.objectives.LossModule`.
+
+The two regressions of AWR (Peng et al., 2019, Algorithm 1), in the order the
+paper states them:
+
+* critic: ``L_V = 1/2 · ((R − V(s)) / value_scale)²`` where ``R`` is a TD(λ)
+  return (the ``value_target``);
+* actor: ``L_π = −w · log π(a|s)`` with ``w = min(exp(A / β), max_weight)``
+  and ``A = R − V(s)`` (optionally standardised first).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
+from tensordict.utils import NestedKey
+from torch import Tensor
+from torchrl.data import TensorSpec
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
+
+ADVANTAGE_EPS = 1e-5  # the original's ADV_EPS: keeps a zero-std batch finite
+
+
+def awr_weights(advantage: Tensor, beta: float, max_weight: float, normalize: bool) -> tuple[Tensor, Tensor]:
+    """Advantage weights ``min(exp(A / β), max_weight)``, computed without overflow.
+
+    The exponent is clipped at ``log(max_weight)`` *before* ``exp``, so a huge
+    advantage or a tiny β gives ``max_weight``, never ``inf`` or ``nan``.
+
+    Args:
+        advantage: advantages, any shape.
+        beta: temperature β > 0.
+        max_weight: weight clip > 0.
+        normalize: standardise the advantages over the given tensor first
+            (``(A − mean) / (std + 1e-5)``, as the original implementation does).
+
+    Returns:
+        ``(weights, clipped)``: the weights and a boolean mask of the clipped entries.
+
+    Examples:
+        >>> import torch
+        >>> w, clipped = awr_weights(torch.tensor([0.0, 1.0, 1e6]), beta=1.0, max_weight=20.0, normalize=False)
+        >>> w
+        tensor([ 1.0000,  2.7183, 20.0000])
+        >>> clipped
+        tensor([False, False,  True])
+    """
+    if normalize:
+        advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + ADVANTAGE_EPS)
+    log_weight = advantage / beta
+    log_clip = math.log(max_weight)
+    clipped = log_weight > log_clip
+    return log_weight.clamp_max(log_clip).exp(), clipped
+
+
+def _check_finite(tensor: Tensor, key: NestedKey) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+        raise ValueError(f"AWRLoss: non-finite value {bad} in {key!r}; the batch must hold finite numbers only.")
+
+
+class AWRLoss(LossModule):
+    r"""Advantage-Weighted Regression loss (Peng, Kumar, Zhang & Levine, 2019).
+
+    AWR fits a value function by regression onto TD(λ) returns, then fits the
+    policy by advantage-weighted maximum likelihood:
+
+    .. math::
+
+        \mathcal{L}_V = \tfrac12 \mathbb{E}\big[((R - V(s)) / c)^2\big], \qquad
+        \mathcal{L}_\pi = -\mathbb{E}\big[\min(e^{A/\beta}, w_{\max}) \log\pi(a|s)\big]
+
+    where :math:`A = R - V(s)` (standardised over the batch when
+    ``normalize_advantage=True``) and :math:`c` is ``value_scale``.
+
+    The two losses are separate public methods, :meth:`value_loss` and
+    :meth:`actor_loss`, because AWR fits critic and actor in separate phases
+    with separate optimizers and step counts; :meth:`forward` returns both.
+
+    If the batch holds no ``advantage``/``value_target``, they are computed with
+    the loss's value estimator (TD(λ), γ=0.99, λ=0.95 by default), which needs a
+    trajectory-shaped batch (``[*B, T]`` with ``"next"`` entries). Over a whole
+    replay buffer use :func:`torchrl_awr.relabel`, which does the same with
+    trajectory boundaries, truncations and the buffer's write cursor handled.
+
+    Args:
+        actor_network (ProbabilisticTensorDictSequential): the policy; its
+            ``get_dist`` gives :math:`\pi(\cdot|s)`. Continuous (Normal,
+            IndependentNormal, TanhNormal) and discrete (Categorical,
+            OneHotCategorical) distributions work.
+        value_network (TensorDictModule): :math:`V(s)`, writing ``"state_value"``.
+
+    Keyword Args:
+        beta (float): temperature β > 0. Defaults to ``1.0`` (the released
+            code's value, used on standardised advantages).
+        max_weight (float): weight clip > 0. Defaults to ``20.0``.
+        normalize_advantage (bool): standardise the advantages over the batch
+            before weighting. Defaults to ``True``.
+        action_bound_penalty (float): weight of the original's penalty
+            ``½·Σ violation²`` on the Gaussian mean leaving the action bounds
+            (measured in units of half the action range). ``0`` switches it
+            off; the original uses ``10``. Needs ``action_spec`` or an actor
+            with a bounded ``spec``. Defaults to ``0.0``.
+        action_spec (TensorSpec, optional): bounded action spec for the penalty.
+        entropy_coeff (float): weight of an entropy bonus. Defaults to ``0.0``.
+        value_scale (float): the critic regresses in a value space divided by
+            this (the original divides by ``1/(1-γ)``). Defaults to ``1.0``.
+        loss_critic_type (str): ``"l2"`` (``½·diff²``), ``"l1"`` or ``"smooth_l1"``.
+        gamma (float, optional): discount for the default value estimator.
+        reduction (str): ``"mean"``, ``"sum"`` or ``"none"``. Defaults to ``"mean"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> actor = make_awr_actor(3, spec, action_std=0.4)
+        >>> value = make_awr_value(3)
+        >>> loss = AWRLoss(actor, value, beta=1.0, max_weight=20.0)
+        >>> batch = TensorDict(
+        ...     observation=torch.randn(8, 3), action=torch.rand(8, 2) * 2 - 1,
+        ...     advantage=torch.randn(8, 1), value_target=torch.randn(8, 1),
+        ...     batch_size=[8])
+        >>> out = loss(batch)
+        >>> sorted(k for k in out.keys() if k.startswith("loss_"))
+        ['loss_actor', 'loss_value']
+        >>> (out["loss_actor"] + out["loss_value"]).backward()
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable tensordict keys; rename them with :meth:`set_keys`.
+
+        Attributes:
+            advantage (NestedKey): the advantage ``A = R - V(s)``. Defaults to ``"advantage"``.
+            value_target (NestedKey): the TD(λ) return ``R``. Defaults to ``"value_target"``.
+            value (NestedKey): the state value written by the value network.
+                Defaults to ``"state_value"``.
+            action (NestedKey): the action taken. Defaults to ``"action"``.
+            reward (NestedKey): the reward (read under ``"next"``). Defaults to ``"reward"``.
+            done (NestedKey): the done flag (read under ``"next"``). Defaults to ``"done"``.
+            terminated (NestedKey): the termination flag (read under ``"next"``).
+                Defaults to ``"terminated"``.
+        """
+
+        advantage: NestedKey = "advantage"
+        value_target: NestedKey = "value_target"
+        value: NestedKey = "state_value"
+        action: NestedKey = "action"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TDLambda
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+        ValueEstimators.GAE,
+    )
+    out_keys = [
+        "loss_actor",
+        "loss_value",
+        "weight_mean",
+        "weight_max",
+        "weight_clip_fraction",
+        "advantage_mean",
+        "advantage_std",
+        "explained_variance",
+        "entropy",
+    ]
+
+    actor_network: ProbabilisticTensorDictSequential
+    value_network: TensorDictModule
+
+    def __init__(
+        self,
+        actor_network: ProbabilisticTensorDictSequential,
+        value_network: TensorDictModule,
+        *,
+        beta: float = 1.0,
+        max_weight: float = 20.0,
+        normalize_advantage: bool = True,
+        action_bound_penalty: float = 0.0,
+        action_spec: TensorSpec | None = None,
+        entropy_coeff: float = 0.0,
+        value_scale: float = 1.0,
+        loss_critic_type: str = "l2",
+        gamma: float | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        for name, val in (("beta", beta), ("max_weight", max_weight), ("value_scale", value_scale)):
+            if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
+                raise ValueError(f"AWRLoss: {name}={val!r} is invalid; it must be a finite number > 0.")
+        if action_bound_penalty < 0 or entropy_coeff < 0:
+            raise ValueError(
+                f"AWRLoss: action_bound_penalty={action_bound_penalty!r} and entropy_coeff={entropy_coeff!r} "
+                "must be >= 0."
+            )
+        if loss_critic_type not in ("l2", "l1", "smooth_l1"):
+            raise ValueError(f"AWRLoss: loss_critic_type={loss_critic_type!r}; allowed: 'l2', 'l1', 'smooth_l1'.")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"AWRLoss: reduction={reduction!r}; allowed: 'mean', 'sum', 'none'.")
+        super().__init__()
+        self.actor_network = actor_network
+        self.value_network = value_network
+        self.beta = float(beta)
+        self.max_weight = float(max_weight)
+        self.normalize_advantage = normalize_advantage
+        self.entropy_coeff = float(entropy_coeff)
+        self.value_scale = float(value_scale)
+        self.loss_critic_type = loss_critic_type
+        self.reduction = reduction
+        if gamma is not None:
+            self.gamma = gamma
+        self.action_bound_penalty = float(action_bound_penalty)
+        if self.action_bound_penalty > 0:
+            low, high = self._action_bounds(action_spec)
+            self.register_buffer("_action_mid", (high + low) / 2)
+            self.register_buffer("_action_half_range", (high - low) / 2)
+        self._in_keys = None
+
+    def _action_bounds(self, action_spec: TensorSpec | None) -> tuple[Tensor, Tensor]:
+        spec = action_spec
+        if spec is None:
+            spec = getattr(self.actor_network, "spec", None)
+            if spec is not None and self.tensor_keys.action in spec.keys(True):
+                spec = spec[self.tensor_keys.action]
+        space = getattr(spec, "space", None)
+        if space is None or not hasattr(space, "low"):
+            raise ValueError(
+                f"AWRLoss: action_bound_penalty>0 needs a bounded action spec, got {spec!r}; "
+                "pass action_spec=env.action_spec or set action_bound_penalty=0."
+            )
+        return space.low.float(), space.high.float()
+
+    # ---------------------------------------------------------------- keys
+    def _set_in_keys(self) -> None:
+        keys = {
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *self.actor_network.in_keys,
+            *self.value_network.in_keys,
+            *[("next", key) for key in self.value_network.in_keys],
+        }
+        self._in_keys = sorted(keys, key=str)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values: list[NestedKey]) -> None:
+        self._in_keys = values
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                advantage=self.tensor_keys.advantage,
+                value_target=self.tensor_keys.value_target,
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> AWRLoss:
+        """Build the value estimator used for targets: TD(λ) (default), GAE, TD(0) or TD(1).
+
+        Examples:
+            >>> from torchrl.objectives import ValueEstimators
+            >>> from torchrl.data import Bounded
+            >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+            >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(2,))), make_awr_value(3))
+            >>> _ = loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.95)
+            >>> type(loss.value_estimator).__name__
+            'TDLambdaEstimator'
+        """
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return self
+        hp["differentiable"] = False  # AWR's targets are regression labels: never backprop into them
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "advantage": self.tensor_keys.advantage,
+                "value_target": self.tensor_keys.value_target,
+                "value": self.tensor_keys.value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            **hp,
+        )
+        return self
+
+    # ------------------------------------------------------------- targets
+    def _get_checked(self, tensordict: TensorDictBase, key: NestedKey) -> Tensor:
+        value = tensordict.get(key, None)
+        if value is None:
+            raise ValueError(
+                f"AWRLoss: key {key!r} missing from the batch (has {sorted(map(str, tensordict.keys(True, True)))})."
+            )
+        _check_finite(value, key)
+        return value
+
+    def _ensure_targets(self, tensordict: TensorDictBase, *needed: NestedKey) -> TensorDictBase:
+        """Fill ``advantage`` and ``value_target`` with the value estimator if a ``needed`` one is absent."""
+        keys = self.tensor_keys
+        present = tensordict.keys(True)
+        if all(key in present for key in needed):
+            return tensordict
+        self._get_checked(tensordict, ("next", keys.reward))
+        for key in (("next", keys.done), ("next", keys.terminated)):
+            if tensordict.get(key, None) is None:
+                raise ValueError(
+                    f"AWRLoss: key {key!r} missing; it is needed to compute targets when "
+                    f"{keys.advantage!r}/{keys.value_target!r} are absent."
+                )
+        tensordict = tensordict.copy()
+        with torch.no_grad():
+            self.value_estimator(tensordict)
+        return tensordict
+
+    # -------------------------------------------------------------- losses
+    def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """Critic regression ``½((R − V(s)) / value_scale)²`` onto the value target.
+
+        Returns:
+            ``(loss_value, metadata)`` where metadata holds the detached ``explained_variance``.
+        """
+        tensordict = self._ensure_targets(tensordict, self.tensor_keys.value_target)
+        target = self._get_checked(tensordict, self.tensor_keys.value_target)
+        td_value = tensordict.select(*self.value_network.in_keys, strict=False)
+        value = self.value_network(td_value).get(self.tensor_keys.value)
+        target = target.view_as(value)
+        loss = distance_loss(value / self.value_scale, target / self.value_scale, self.loss_critic_type)
+        if self.loss_critic_type == "l2":
+            loss = 0.5 * loss
+        with torch.no_grad():
+            explained_variance = 1 - (target - value).var(unbiased=False) / target.var(unbiased=False).clamp_min(1e-8)
+        return self._reduce_loss(loss.squeeze(-1), tensordict), {"explained_variance": explained_variance}
+
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """Advantage-weighted log-likelihood ``−min(exp(A/β), max_weight) · log π(a|s)``.
+
+        Adds the action-bound penalty and entropy bonus when their weights are non-zero.
+
+        Returns:
+            ``(loss_actor, metadata)`` with detached weight and advantage diagnostics.
+        """
+        tensordict = self._ensure_targets(tensordict, self.tensor_keys.advantage)
+        advantage = self._get_checked(tensordict, self.tensor_keys.advantage)
+        action = self._get_checked(tensordict, self.tensor_keys.action)
+        advantage = advantage.detach()
+        weights, clipped = awr_weights(advantage, self.beta, self.max_weight, self.normalize_advantage)
+        dist = self.actor_network.get_dist(tensordict)
+        log_prob = dist.log_prob(action)
+        weights = weights.reshape(log_prob.shape)
+        loss = -weights * log_prob
+        metadata = {
+            "weight_mean": weights.mean().detach(),
+            "weight_max": weights.max().detach(),
+            "weight_clip_fraction": clipped.float().mean(),
+            "advantage_mean": advantage.mean(),
+            "advantage_std": advantage.std(unbiased=False),
+        }
+        if self.action_bound_penalty > 0:
+            loss = loss + self.action_bound_penalty * self._bound_violation(dist)
+        entropy = self._entropy(dist)
+        if entropy is not None:
+            metadata["entropy"] = entropy.detach().mean()
+            if self.entropy_coeff > 0:
+                loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
+        return self._reduce_loss(loss, tensordict), metadata
+
+    def _bound_violation(self, dist: torch.distributions.Distribution) -> Tensor:
+        mean = (dist.mean - self._action_mid) / self._action_half_range
+        violation = (mean - 1).clamp_min(0).pow(2) + (mean + 1).clamp_max(0).pow(2)
+        return 0.5 * violation.sum(-1)
+
+    @staticmethod
+    def _entropy(dist: torch.distributions.Distribution) -> Tensor | None:
+        try:
+            return dist.entropy()
+        except NotImplementedError:
+            return None
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Both AWR losses and their diagnostics on one batch.
+
+        Returns:
+            A TensorDict with ``loss_actor``, ``loss_value`` and detached
+            ``weight_mean``, ``weight_max``, ``weight_clip_fraction``,
+            ``advantage_mean``, ``advantage_std``, ``explained_variance`` and
+            ``entropy`` (where the distribution has one).
+        """
+        tensordict = self._ensure_targets(tensordict, self.tensor_keys.advantage, self.tensor_keys.value_target)
+        loss_value, value_meta = self.value_loss(tensordict)
+        loss_actor, actor_meta = self.actor_loss(tensordict)
+        return TensorDict(
+            {"loss_actor": loss_actor, "loss_value": loss_value, **actor_meta, **value_meta},
+            batch_size=[],
+        )

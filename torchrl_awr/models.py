@@ -1,0 +1,220 @@
+"""Actor and critic builders with the original AWR architecture.
+
+Both networks read the raw ``"observation"`` and standardise it inside the
+network with a shared :class:`~torchrl.envs.transforms.ObservationNorm`
+(as the original does), so the replay buffer keeps raw observations and a
+statistics update applies consistently to every stored sample. The statistics
+travel with the policy weights (they are buffers of the module).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tensordict.nn import (
+    AddStateIndependentNormalScale,
+    InteractionType,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    TensorDictSequential,
+)
+from torch import nn
+from torch.distributions import Categorical as CategoricalDist
+from torchrl.data import Categorical, Composite, OneHot, TensorSpec
+from torchrl.envs import ObservationNorm
+from torchrl.modules import MLP, IndependentNormal, OneHotCategorical, ProbabilisticActor, ValueOperator
+from torchrl.modules.distributions import TanhNormal
+
+NORM_KEY = "observation_norm"
+
+
+def make_observation_norm(observation_size: int, observation_key: str = "observation") -> ObservationNorm:
+    """An identity :class:`~torchrl.envs.ObservationNorm` for in-network state normalisation.
+
+    Its ``loc``/``scale`` start at 0/1 and are set by
+    :class:`torchrl_awr.UpdateObservationNorm` from the first samples, then frozen.
+
+    Examples:
+        >>> norm = make_observation_norm(3)
+        >>> norm.loc.shape, norm.scale.shape
+        (torch.Size([3]), torch.Size([3]))
+    """
+    return ObservationNorm(
+        loc=torch.zeros(observation_size),
+        scale=torch.ones(observation_size),
+        in_keys=[observation_key],
+        out_keys=[NORM_KEY],
+        standard_normal=True,
+    )
+
+
+def _size(spec_or_size: TensorSpec | int) -> int:
+    return spec_or_size if isinstance(spec_or_size, int) else int(spec_or_size.shape[-1])
+
+
+def _mlp(in_features: int, out_features: int, hidden_sizes: Sequence[int], init_output_scale: float | None) -> MLP:
+    net = MLP(
+        in_features=in_features,
+        out_features=out_features,
+        num_cells=list(hidden_sizes),
+        activation_class=nn.ReLU,
+    )
+    if init_output_scale is not None:  # the original: output layer uniform in ±scale, bias 0
+        nn.init.uniform_(net[-1].weight, -init_output_scale, init_output_scale)
+        nn.init.zeros_(net[-1].bias)
+    return net
+
+
+class GaussianParams(nn.Module):
+    """``(loc, scale)`` of the AWR Gaussian: MLP mean and state-independent std.
+
+    Both are produced in normalised ``[-1, 1]`` action units; when ``low`` and
+    ``high`` are given they are mapped onto those bounds (``loc`` affinely,
+    ``scale`` by the half range), as the original's action normaliser does.
+    """
+
+    def __init__(
+        self,
+        mean_net: nn.Module,
+        std: AddStateIndependentNormalScale,
+        low: torch.Tensor | None = None,
+        high: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.mean_net = mean_net
+        self.std = std
+        self.rescale = low is not None
+        if self.rescale:
+            self.register_buffer("mid", (high + low) / 2)
+            self.register_buffer("half_range", (high - low) / 2)
+
+    def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale = self.std(self.mean_net(observation))
+        if self.rescale:
+            return self.mid + self.half_range * loc, self.half_range * scale
+        return loc, scale
+
+
+def make_awr_actor(
+    observation_spec: TensorSpec | int,
+    action_spec: TensorSpec,
+    *,
+    hidden_sizes: Sequence[int] = (128, 64),
+    action_std: float = 0.4,
+    learn_std: bool = False,
+    tanh: bool = False,
+    init_output_scale: float = 0.01,
+    observation_norm: ObservationNorm | None = None,
+    observation_key: str = "observation",
+) -> ProbabilisticTensorDictSequential:
+    """The AWR policy: ReLU MLP (128, 64) → Gaussian (continuous) or categorical (discrete).
+
+    Continuous actions: the mean is produced in normalised ``[-1, 1]`` units and
+    mapped onto the action bounds; the std is ``action_std`` in those units,
+    fixed (the original) or learned (``learn_std=True``, initialised at
+    ``action_std``). ``tanh=True`` uses a :class:`~torchrl.modules.TanhNormal`
+    that stays inside the bounds instead. Discrete actions (``OneHot`` or
+    ``Categorical`` specs) use the matching categorical distribution.
+
+    Args:
+        observation_spec: the observation spec, or its size.
+        action_spec: the env's action spec (``env.action_spec``).
+
+    Keyword Args:
+        hidden_sizes: hidden layer widths. Defaults to ``(128, 64)``.
+        action_std: Gaussian std in normalised action units. Defaults to ``0.4``.
+        learn_std: learn a state-independent std. Defaults to ``False``.
+        tanh: TanhNormal instead of a Gaussian. Defaults to ``False``.
+        init_output_scale: output layer initialised uniformly in ±this. Defaults to ``0.01``.
+        observation_norm: a shared :func:`make_observation_norm` (one is made if ``None``).
+        observation_key: the observation entry. Defaults to ``"observation"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> actor = make_awr_actor(17, Bounded(-1.0, 1.0, shape=(6,)), action_std=0.4)
+        >>> td = actor(TensorDict(observation=torch.randn(5, 17), batch_size=[5]))
+        >>> td["action"].shape
+        torch.Size([5, 6])
+    """
+    obs_size = _size(observation_spec)
+    if observation_norm is None:
+        observation_norm = make_observation_norm(obs_size, observation_key)
+    if isinstance(action_spec, Composite):
+        action_spec = action_spec["action"]
+    discrete = isinstance(action_spec, (OneHot, Categorical))
+    if discrete:
+        net = _mlp(obs_size, action_spec.space.n, hidden_sizes, init_output_scale)
+        head = TensorDictModule(net, in_keys=[NORM_KEY], out_keys=["logits"])
+        dist_class = OneHotCategorical if isinstance(action_spec, OneHot) else CategoricalDist
+        dist_kwargs: dict = {}
+        dist_keys = ["logits"]
+    else:
+        if not (action_std > 0 and math.isfinite(action_std)):
+            raise ValueError(f"make_awr_actor: action_std={action_std!r}; it must be a finite number > 0.")
+        low, high = action_spec.space.low.float(), action_spec.space.high.float()
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError(f"make_awr_actor: action bounds must be finite, got low={low}, high={high}.")
+        action_size = int(action_spec.shape[-1])
+        net = _mlp(obs_size, action_size, hidden_sizes, init_output_scale)
+        scale = AddStateIndependentNormalScale(
+            action_size, scale_mapping="exp", init_value=math.log(action_std), make_param=learn_std
+        )
+        params = GaussianParams(net, scale) if tanh else GaussianParams(net, scale, low, high)
+        head = TensorDictModule(params, in_keys=[NORM_KEY], out_keys=["loc", "scale"])
+        dist_keys = ["loc", "scale"]
+        if tanh:
+            dist_class, dist_kwargs = TanhNormal, {"low": low, "high": high}
+        else:
+            dist_class, dist_kwargs = IndependentNormal, {"tanh_loc": False}
+    return ProbabilisticActor(
+        TensorDictSequential(observation_norm, head),
+        in_keys=dist_keys,
+        out_keys=["action"],
+        spec=action_spec,
+        distribution_class=dist_class,
+        distribution_kwargs=dist_kwargs,
+        default_interaction_type=InteractionType.RANDOM,
+        return_log_prob=False,
+    )
+
+
+def make_awr_value(
+    observation_spec: TensorSpec | int,
+    *,
+    hidden_sizes: Sequence[int] = (128, 64),
+    value_scale: float = 1.0,
+    observation_norm: ObservationNorm | None = None,
+    observation_key: str = "observation",
+) -> TensorDictSequential:
+    """The AWR critic V(s): ReLU MLP (128, 64) writing ``"state_value"``.
+
+    ``value_scale`` multiplies the network output: the original predicts values
+    in units of ``1/(1-γ)`` (pair it with ``AWRLoss(value_scale=...)``).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> value = make_awr_value(17)
+        >>> value(TensorDict(observation=torch.randn(5, 17), batch_size=[5]))["state_value"].shape
+        torch.Size([5, 1])
+    """
+    obs_size = _size(observation_spec)
+    if observation_norm is None:
+        observation_norm = make_observation_norm(obs_size, observation_key)
+    net: nn.Module = _mlp(obs_size, 1, hidden_sizes, None)
+    if value_scale != 1.0:
+        net = nn.Sequential(net, _Scale(value_scale))
+    return TensorDictSequential(observation_norm, ValueOperator(net, in_keys=[NORM_KEY]))
+
+
+class _Scale(nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale

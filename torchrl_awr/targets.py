@@ -1,0 +1,157 @@
+"""Buffer-wide relabelling: TD(λ) value targets and advantages over a whole replay buffer.
+
+AWR recomputes its regression targets over the *entire* replay buffer with the
+current critic, once before the critic phase and again before the actor phase
+(the original's ``_compute_batch_new_vals``). :func:`relabel` does this with the
+loss's own TorchRL value estimator, vectorised, after putting the buffer's
+transitions into trajectory order:
+
+* the storage is read in write order (oldest first), so the circular write
+  cursor is the sequence's two ends and never joins unrelated data;
+* transitions are grouped by trajectory id (``("collector", "traj_ids")``, which
+  TorchRL collectors write), so interleaved envs are kept apart and a
+  trajectory cut by a batch boundary or by the cursor is bootstrapped from
+  ``V(s')`` like a time-limit truncation;
+* ``terminated`` bootstraps 0, ``done`` without ``terminated`` bootstraps ``V(s')``.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torchrl.data import ReplayBuffer
+
+from torchrl_awr.loss import AWRLoss
+
+TRAJ_KEY: NestedKey = ("collector", "traj_ids")
+
+
+def chronological_indices(buffer: ReplayBuffer) -> torch.Tensor:
+    """Storage indices of a FIFO buffer's content, oldest first.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(4))
+        >>> _ = rb.extend(TensorDict(x=torch.arange(6.0), batch_size=[6]))
+        >>> chronological_indices(rb)
+        tensor([2, 3, 0, 1])
+    """
+    storage = buffer.storage
+    if getattr(storage, "ndim", 1) != 1:
+        raise ValueError(
+            f"relabel: storage ndim={storage.ndim} is not supported; use a flat storage (ndim=1) of transitions."
+        )
+    size = len(storage)
+    if size < storage.max_size:
+        return torch.arange(size)
+    start = buffer.write_count % storage.max_size
+    return (torch.arange(size) + start) % storage.max_size
+
+
+def trajectory_order(data: TensorDictBase, traj_key: NestedKey | None = TRAJ_KEY) -> tuple[torch.Tensor, torch.Tensor]:
+    """Permutation that groups chronologically ordered transitions by trajectory.
+
+    Returns:
+        ``(perm, last)``: ``data[perm]`` lists each trajectory's steps
+        contiguously and in time order; ``last`` marks (in that order) the final
+        stored step of each trajectory, where the return must be cut.
+    """
+    n = data.shape[0]
+    traj_ids = data.get(traj_key, None) if traj_key is not None else None
+    last = torch.zeros(n, dtype=torch.bool, device=data.device)
+    last[-1] = True
+    if traj_ids is None:
+        return torch.arange(n, device=data.device), last
+    traj_ids = traj_ids.reshape(n)
+    perm = torch.sort(traj_ids, stable=True).indices
+    sorted_ids = traj_ids[perm]
+    last[:-1] = sorted_ids[1:] != sorted_ids[:-1]
+    return perm, last
+
+
+@torch.no_grad()
+def relabel(
+    buffer: ReplayBuffer,
+    loss: AWRLoss,
+    *,
+    traj_key: NestedKey | None = TRAJ_KEY,
+) -> dict[str, float]:
+    """Recompute ``value_target`` and ``advantage`` for every transition in ``buffer``.
+
+    Uses ``loss.value_estimator`` (TD(λ) with γ=0.99, λ=0.95 unless changed with
+    :meth:`AWRLoss.make_value_estimator`) and ``loss.value_network``, and writes
+    the results into the buffer's storage under the loss's ``value_target`` and
+    ``advantage`` keys (:meth:`AWRLoss.set_keys` renames them).
+
+    Args:
+        buffer: a replay buffer over a flat (``ndim=1``) tensor storage holding
+            transitions with ``"next"`` entries, as TorchRL collectors write them.
+        loss: the :class:`~torchrl_awr.AWRLoss` whose critic and estimator to use.
+
+    Keyword Args:
+        traj_key: entry holding trajectory ids (TorchRL collectors write
+            ``("collector", "traj_ids")``). If the buffer lacks it, or ``None``
+            is passed, storage order is taken as the time order of one stream
+            (a single env, or an offline dataset stored path after path).
+
+    Returns:
+        Buffer-wide diagnostics: ``advantage_mean``, ``advantage_std``,
+        ``value_target_mean`` and ``explained_variance``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, relabel
+        >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100))
+        >>> n = 10
+        >>> _ = rb.extend(TensorDict(
+        ...     observation=torch.randn(n, 3), action=torch.zeros(n, 1),
+        ...     next=TensorDict(observation=torch.randn(n, 3), reward=torch.ones(n, 1),
+        ...                     done=torch.zeros(n, 1, dtype=torch.bool),
+        ...                     terminated=torch.zeros(n, 1, dtype=torch.bool), batch_size=[n]),
+        ...     batch_size=[n]))
+        >>> stats = relabel(rb, loss)
+        >>> rb.storage[:n]["value_target"].shape
+        torch.Size([10, 1])
+    """
+    if len(buffer) == 0:
+        raise ValueError("relabel: the replay buffer is empty; collect data before relabelling.")
+    keys = loss.tensor_keys
+    storage = buffer.storage
+    positions = chronological_indices(buffer)
+    data = storage.get(positions)
+    perm, last = trajectory_order(data, traj_key)
+    positions, data = positions[perm], data[perm]
+    for key in (("next", keys.reward), ("next", keys.done), ("next", keys.terminated)):
+        if data.get(key, None) is None:
+            raise ValueError(f"relabel: key {key!r} missing from the replay buffer.")
+    reward = data.get(("next", keys.reward))
+    if not torch.isfinite(reward).all():
+        raise ValueError(f"relabel: non-finite value in {('next', keys.reward)!r} of the replay buffer.")
+    sequence = data.select(
+        *loss.value_network.in_keys,
+        *[("next", key) for key in loss.value_network.in_keys],
+        ("next", keys.reward),
+        ("next", keys.terminated),
+    )
+    done = data.get(("next", keys.done))
+    sequence.set(("next", keys.done), done | last.view_as(done))
+    sequence = sequence.unsqueeze(0)  # one time axis: [1, N]
+    loss.value_estimator(sequence)
+    sequence = sequence.squeeze(0)
+    value_target = sequence.get(keys.value_target)
+    advantage = sequence.get(keys.advantage)
+    storage[positions] = sequence.select(keys.value_target, keys.advantage)  # in place: no cursor move
+    residual_var = advantage.var(unbiased=False)
+    return {
+        "advantage_mean": advantage.mean().item(),
+        "advantage_std": advantage.std(unbiased=False).item(),
+        "value_target_mean": value_target.mean().item(),
+        "explained_variance": (1 - residual_var / value_target.var(unbiased=False).clamp_min(1e-8)).item(),
+    }

@@ -1,0 +1,183 @@
+"""AWRTrainer: the AWR iteration as a readable list of TorchRL trainer hooks."""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+from tensordict import TensorDict
+from torchrl.checkpoint import Checkpoint, CheckpointRotation, GlobalRNGState
+from torchrl.collectors import BaseCollector
+from torchrl.data import ReplayBuffer
+from torchrl.envs import ObservationNorm
+from torchrl.record.loggers import Logger
+from torchrl.trainers import Trainer, UpdateWeights
+
+from torchrl_awr.hooks import (
+    ExtendBuffer,
+    LogEpisodeReturn,
+    RegressionPhase,
+    RelabelTargets,
+    RunClock,
+    UpdateObservationNorm,
+)
+from torchrl_awr.loss import AWRLoss
+
+
+class AWRTrainer(Trainer):
+    """Advantage-Weighted Regression on a :class:`~torchrl.trainers.Trainer`.
+
+    One AWR iteration (the paper's Algorithm 1) is this list of hooks, run in
+    registration order for each collected batch:
+
+    ============================  ===================  ==========================================
+    hook (module name)            stage                step
+    ============================  ===================  ==========================================
+    ``update_observation_norm``   ``batch_process``    state statistics from the first N samples
+    ``replay_buffer``             ``batch_process``    extend the FIFO buffer
+    ``log_episode_return``        ``pre_steps_log``    training return
+    ``relabel_critic``            ``pre_optim_steps``  TD(λ) targets over the buffer
+    ``critic_phase``              ``pre_optim_steps``  ``critic_steps`` regressions of V
+    ``relabel_actor``             ``pre_optim_steps``  targets and advantages with the new V
+    ``actor_phase``               ``pre_optim_steps``  ``actor_steps`` weighted regressions of π
+    ``update_weights``            ``post_steps``       push the policy to the collector
+    ``clock``                     ``post_steps_log``   frames, wall time, frames/s
+    ============================  ===================  ==========================================
+
+    The trainer's generic per-step optimisation loop is not used
+    (``optim_steps_per_batch=0``): AWR's two phases have their own optimizers
+    and step counts. Add an evaluation with :class:`torchrl_awr.hooks.Evaluate`,
+    replace any hook with :meth:`register_op`. With ``checkpoint_dir`` the
+    whole state (networks, normaliser, optimizers, replay buffer, hook states,
+    counters and RNG) is saved atomically every ``checkpoint_interval``
+    iterations through :mod:`torchrl.checkpoint`; :meth:`resume` restores the newest.
+
+    Args:
+        collector: a TorchRL collector running ``loss_module.actor_network``.
+        loss_module: the :class:`~torchrl_awr.AWRLoss`.
+        replay_buffer: FIFO buffer over a flat tensor storage.
+        actor_optimizer / critic_optimizer: one per phase.
+        total_frames: frames to collect.
+
+    Keyword Args:
+        actor_steps, critic_steps, batch_size: the phases' sizes (1000, 200, 256).
+        observation_norm: the shared in-network normaliser to fit, if any.
+        normalizer_samples: samples whose statistics it takes before freezing.
+        frames_per_batch: frames per iteration (for checkpoint intervals).
+        checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
+        checkpoint_interval: iterations between checkpoints.
+        keep_checkpoints: how many checkpoints to keep.
+        logger: a :mod:`torchrl.record.loggers` logger.
+        progress_bar: show a tqdm bar.
+        seed: seed for torch, numpy and the collector.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.collectors import Collector
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl_awr import AWRLoss, AWRTrainer, make_awr_actor, make_awr_value, make_env
+        >>> from torchrl_awr import make_observation_norm
+        >>> env = make_env("Pendulum-v1", seed=0)
+        >>> norm = make_observation_norm(3)
+        >>> actor = make_awr_actor(3, env.action_spec, observation_norm=norm)
+        >>> loss = AWRLoss(actor, make_awr_value(3, observation_norm=norm))
+        >>> trainer = AWRTrainer(
+        ...     collector=Collector(env, actor, frames_per_batch=256, total_frames=-1),
+        ...     loss_module=loss,
+        ...     replay_buffer=TensorDictReplayBuffer(storage=LazyTensorStorage(1024)),
+        ...     actor_optimizer=torch.optim.SGD(actor.parameters(), lr=1e-4, momentum=0.9),
+        ...     critic_optimizer=torch.optim.SGD(loss.value_network.parameters(), lr=1e-2, momentum=0.9),
+        ...     total_frames=512, actor_steps=4, critic_steps=2, batch_size=64,
+        ...     observation_norm=norm, progress_bar=False)
+        >>> trainer.train()
+        >>> trainer.collected_frames
+        512
+    """
+
+    def __init__(
+        self,
+        *,
+        collector: BaseCollector,
+        loss_module: AWRLoss,
+        replay_buffer: ReplayBuffer,
+        actor_optimizer: torch.optim.Optimizer,
+        critic_optimizer: torch.optim.Optimizer,
+        total_frames: int,
+        actor_steps: int = 1000,
+        critic_steps: int = 200,
+        batch_size: int = 256,
+        observation_norm: ObservationNorm | None = None,
+        normalizer_samples: int = 300_000,
+        frames_per_batch: int = 2048,
+        checkpoint_dir: str | pathlib.Path | None = None,
+        checkpoint_interval: int = 10,
+        keep_checkpoints: int = 2,
+        logger: Logger | None = None,
+        progress_bar: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        checkpoint = rotation = None
+        if checkpoint_dir is not None:
+            checkpoint = Checkpoint(rng=GlobalRNGState())
+            rotation = CheckpointRotation(checkpoint_dir, keep_last=keep_checkpoints)
+        super().__init__(
+            collector=collector,
+            total_frames=total_frames,
+            frame_skip=1,
+            optim_steps_per_batch=0,
+            loss_module=loss_module,
+            logger=logger,
+            progress_bar=progress_bar,
+            seed=seed,
+            log_interval=0,
+            save_trainer_interval=checkpoint_interval * frames_per_batch - 1,
+            checkpoint=checkpoint,
+            checkpoint_rotation=rotation,
+            auto_log_optim_steps=False,
+        )
+        self.replay_buffer = replay_buffer
+        self.clock = RunClock()
+        if observation_norm is not None:
+            UpdateObservationNorm(observation_norm, normalizer_samples).register(self)
+        ExtendBuffer(replay_buffer).register(self)
+        LogEpisodeReturn().register(self)
+        actor, value = loss_module.actor_network, loss_module.value_network
+        keys = loss_module.tensor_keys
+        RelabelTargets(replay_buffer, loss_module).register(self, "relabel_critic")
+        RegressionPhase(
+            "critic_phase",
+            loss_module.value_loss,
+            [*value.in_keys, keys.value_target],
+            replay_buffer,
+            critic_optimizer,
+            critic_steps,
+            batch_size,
+        ).register(self)
+        RelabelTargets(replay_buffer, loss_module).register(self, "relabel_actor")
+        RegressionPhase(
+            "actor_phase",
+            loss_module.actor_loss,
+            [*actor.in_keys, keys.action, keys.advantage],
+            replay_buffer,
+            actor_optimizer,
+            actor_steps,
+            batch_size,
+        ).register(self)
+        UpdateWeights(collector, 1, policy_weights_getter=lambda: TensorDict.from_module(actor)).register(self)
+        self.clock.register(self)
+
+    def resume(self, checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
+        """Restore the newest checkpoint in ``checkpoint_dir``; returns its path.
+
+        Raises:
+            ValueError: one line when there is no readable checkpoint there.
+        """
+        latest = CheckpointRotation(checkpoint_dir, keep_last=1).latest()
+        if latest is None:
+            raise ValueError(f"no checkpoint found in {str(checkpoint_dir)!r}; cannot resume.")
+        try:
+            self.load_from_file(latest)
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
+            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {err}") from None
+        self._last_save = self.collected_frames
+        return latest
