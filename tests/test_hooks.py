@@ -273,7 +273,9 @@ def test_extend_buffer_drops_masked_entries_and_excluded_keys():
         loc=torch.zeros(2, 4, 1),
         scale=torch.ones(2, 4, 1),
         next=TensorDict(reward=idx.unsqueeze(-1) * 10, batch_size=[2, 4]),
-        collector=TensorDict(mask=torch.tensor([[True, True, False, False], [True, False, True, True]]), batch_size=[2, 4]),
+        collector=TensorDict(
+            mask=torch.tensor([[True, True, False, False], [True, False, True, True]]), batch_size=[2, 4]
+        ),
         batch_size=[2, 4],
     )
     hook(batch)

@@ -331,8 +331,14 @@ def test_set_keys_value_rename_uses_the_renamed_value_entry():
 def test_set_keys_reflected_in_in_keys_and_estimator():
     loss = AWRLoss(continuous_actor(), make_awr_value(OBS))
     defaults = set(loss.in_keys)
-    assert {"action", "observation", ("next", "observation"), ("next", "reward"), ("next", "done"),
-            ("next", "terminated")} <= defaults
+    assert {
+        "action",
+        "observation",
+        ("next", "observation"),
+        ("next", "reward"),
+        ("next", "done"),
+        ("next", "terminated"),
+    } <= defaults
     _ = loss.value_estimator  # built before the rename: it must follow it
     loss.set_keys(action="act", reward="rew", done="d", terminated="t", advantage="adv", value_target="ret")
     keys = set(loss.in_keys)
@@ -340,7 +346,11 @@ def test_set_keys_reflected_in_in_keys_and_estimator():
     assert not {"action", ("next", "reward"), ("next", "done"), ("next", "terminated")} & keys
     est_keys = loss.value_estimator.tensor_keys
     assert (est_keys.advantage, est_keys.value_target, est_keys.reward, est_keys.done, est_keys.terminated) == (
-        "adv", "ret", "rew", "d", "t",
+        "adv",
+        "ret",
+        "rew",
+        "d",
+        "t",
     )
 
 
@@ -358,7 +368,10 @@ def test_renamed_keys_used_when_targets_are_computed():
         observation=batch["observation"],
         action=batch["action"],
         next=TensorDict(
-            observation=nxt["observation"], rew=nxt["reward"], d=nxt["done"], t=nxt["terminated"],
+            observation=nxt["observation"],
+            rew=nxt["reward"],
+            d=nxt["done"],
+            t=nxt["terminated"],
             batch_size=batch.batch_size,
         ),
         batch_size=batch.batch_size,
@@ -422,11 +435,6 @@ def test_awr_weights_zero_std_batch_gives_unit_weights():
         assert not clipped.any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: normalize=True takes mean/std in float32 and the mean overflows to inf for large finite "
-    "advantages, so the weights become NaN although the docstring promises 'never inf or nan'.",
-)
 def test_awr_weights_finite_for_advantages_whose_sum_overflows():
     w, _ = awr_weights(torch.full((5,), 1e38), 1.0, 20.0, True)
     assert torch.isfinite(w).all(), w
@@ -458,11 +466,6 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
     assert repr(value) in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: action_bound_penalty/entropy_coeff are only checked with '< 0', so NaN (and inf) pass; "
-    "NaN then silently disables the term ('nan > 0' is False).",
-)
 @pytest.mark.parametrize("name", ["action_bound_penalty", "entropy_coeff"])
 def test_nan_penalty_or_entropy_coeff_rejected(name):
     with pytest.raises(ValueError, match=name):
@@ -586,9 +589,11 @@ def test_forward_computes_td_lambda_targets_when_absent():
     close(out["advantage_std"], adv.std(unbiased=False))
 
     params = actor_params_out(actor, batch)
-    logp = Normal(params["loc"].detach().double(), params["scale"].detach().double()).log_prob(
-        batch["action"].double()
-    ).sum(-1)
+    logp = (
+        Normal(params["loc"].detach().double(), params["scale"].detach().double())
+        .log_prob(batch["action"].double())
+        .sum(-1)
+    )
     w, _ = hand_weights(adv, 1.0, 20.0, False)
     close(out["loss_actor"], (-w * logp.flatten()).mean())
     # the caller's batch is left as it was

@@ -29,9 +29,14 @@ def linear_value(out_key: str = "state_value") -> TensorDictModule:
 
 def make_loss(gamma: float = GAMMA, lmbda: float = LMBDA, value_type=ValueEstimators.TDLambda) -> AWRLoss:
     loss = AWRLoss(make_awr_actor(OBS, Bounded(-1.0, 1.0, shape=(1,))), linear_value())
-    hyper = {"gamma": gamma} if value_type in (ValueEstimators.TD0, ValueEstimators.TD1) else {
-        "gamma": gamma, "lmbda": lmbda,
-    }
+    hyper = (
+        {"gamma": gamma}
+        if value_type in (ValueEstimators.TD0, ValueEstimators.TD1)
+        else {
+            "gamma": gamma,
+            "lmbda": lmbda,
+        }
+    )
     loss.make_value_estimator(value_type, **hyper)
     return loss
 
@@ -99,8 +104,13 @@ def collector_batches(num_envs: int, t: int, n_batches: int, p_end: float = 0.3)
                 u = float(torch.rand(()))
                 terminated, done = u < p_end / 2, u < p_end
                 grid[e][s] = {
-                    "id": step_id, "obs": obs[e].clone(), "next_obs": nxt, "reward": float(torch.randn(())),
-                    "done": done, "terminated": terminated, "traj": traj[e],
+                    "id": step_id,
+                    "obs": obs[e].clone(),
+                    "next_obs": nxt,
+                    "reward": float(torch.randn(())),
+                    "done": done,
+                    "terminated": terminated,
+                    "traj": traj[e],
                 }
                 step_id += 1
                 if done:
@@ -162,8 +172,10 @@ def naive_storage_order(rb, gamma, lmbda):
     data = rb.storage.get(torch.arange(len(rb)))
     rows = [
         {
-            "id": int(data["step_id"][i]), "next_obs": data["next", "observation"][i],
-            "reward": float(data["next", "reward"][i]), "done": bool(data["next", "done"][i]),
+            "id": int(data["step_id"][i]),
+            "next_obs": data["next", "observation"][i],
+            "reward": float(data["next", "reward"][i]),
+            "done": bool(data["next", "done"][i]),
             "terminated": bool(data["next", "terminated"][i]),
         }
         for i in range(len(rb))
@@ -223,7 +235,7 @@ def test_write_cursor_is_a_cut_single_stream(chunks):
     rows = single_stream(sum(chunks), {})
     batches, k = [], 0
     for c in chunks:
-        batches.append(rows[k:k + c])
+        batches.append(rows[k : k + c])
         k += c
     rb = fill(capacity, batches)
     loss = make_loss()
@@ -392,8 +404,11 @@ def test_relabel_real_collector_output():
     flat = torch.cat(flat_all)[-48:]  # what the buffer keeps, oldest first
     rows = [
         {
-            "id": i, "next_obs": flat["next", "observation"][i], "reward": float(flat["next", "reward"][i]),
-            "done": bool(flat["next", "done"][i]), "terminated": bool(flat["next", "terminated"][i]),
+            "id": i,
+            "next_obs": flat["next", "observation"][i],
+            "reward": float(flat["next", "reward"][i]),
+            "done": bool(flat["next", "done"][i]),
+            "terminated": bool(flat["next", "terminated"][i]),
             "traj": int(flat["collector", "traj_ids"][i]),
         }
         for i in range(48)

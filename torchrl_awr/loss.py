@@ -50,12 +50,22 @@ def awr_weights(advantage: Tensor, beta: float, max_weight: float, normalize: bo
         >>> clipped
         tensor([False, False,  True])
     """
-    if normalize:
-        advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + ADVANTAGE_EPS)
+    for name, val in (("beta", beta), ("max_weight", max_weight)):
+        _check_positive(name, val)
+    if normalize:  # statistics in float64: a float32 mean of huge finite advantages would overflow
+        wide = advantage.double()
+        advantage = ((wide - wide.mean()) / (wide.std(unbiased=False) + ADVANTAGE_EPS)).to(advantage.dtype)
     log_weight = advantage / beta
     log_clip = math.log(max_weight)
     clipped = log_weight > log_clip
     return log_weight.clamp_max(log_clip).exp(), clipped
+
+
+def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"AWRLoss: {name}={value!r} is invalid; it must be a finite number {bound}.")
 
 
 def _check_finite(tensor: Tensor, key: NestedKey) -> None:
@@ -198,13 +208,9 @@ class AWRLoss(LossModule):
         reduction: str = "mean",
     ) -> None:
         for name, val in (("beta", beta), ("max_weight", max_weight), ("value_scale", value_scale)):
-            if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
-                raise ValueError(f"AWRLoss: {name}={val!r} is invalid; it must be a finite number > 0.")
-        if action_bound_penalty < 0 or entropy_coeff < 0:
-            raise ValueError(
-                f"AWRLoss: action_bound_penalty={action_bound_penalty!r} and entropy_coeff={entropy_coeff!r} "
-                "must be >= 0."
-            )
+            _check_positive(name, val)
+        for name, val in (("action_bound_penalty", action_bound_penalty), ("entropy_coeff", entropy_coeff)):
+            _check_positive(name, val, allow_zero=True)
         if loss_critic_type not in ("l2", "l1", "smooth_l1"):
             raise ValueError(f"AWRLoss: loss_critic_type={loss_critic_type!r}; allowed: 'l2', 'l1', 'smooth_l1'.")
         if reduction not in ("mean", "sum", "none"):
@@ -370,6 +376,8 @@ class AWRLoss(LossModule):
         advantage = advantage.detach()
         weights, clipped = awr_weights(advantage, self.beta, self.max_weight, self.normalize_advantage)
         dist = self.actor_network.get_dist(tensordict)
+        if isinstance(dist, torch.distributions.Categorical) and action.ndim > len(dist.batch_shape):
+            action = action.squeeze(-1)  # integer actions stored as [B, 1]
         log_prob = dist.log_prob(action)
         weights = weights.reshape(log_prob.shape)
         loss = -weights * log_prob

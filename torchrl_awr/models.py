@@ -50,8 +50,12 @@ def make_observation_norm(observation_size: int, observation_key: str = "observa
     )
 
 
-def _size(spec_or_size: TensorSpec | int) -> int:
-    return spec_or_size if isinstance(spec_or_size, int) else int(spec_or_size.shape[-1])
+def _size(spec_or_size: TensorSpec | int, key: str) -> int:
+    if isinstance(spec_or_size, int):
+        return spec_or_size
+    if isinstance(spec_or_size, Composite):
+        spec_or_size = spec_or_size[key]
+    return int(spec_or_size.shape[-1])
 
 
 def _mlp(in_features: int, out_features: int, hidden_sizes: Sequence[int], init_output_scale: float | None) -> MLP:
@@ -119,7 +123,7 @@ def make_awr_actor(
     ``Categorical`` specs) use the matching categorical distribution.
 
     Args:
-        observation_spec: the observation spec, or its size.
+        observation_spec: the observation spec (or a Composite holding ``observation_key``), or its size.
         action_spec: the env's action spec (``env.action_spec``).
 
     Keyword Args:
@@ -140,7 +144,7 @@ def make_awr_actor(
         >>> td["action"].shape
         torch.Size([5, 6])
     """
-    obs_size = _size(observation_spec)
+    obs_size = _size(observation_spec, observation_key)
     if observation_norm is None:
         observation_norm = make_observation_norm(obs_size, observation_key)
     if isinstance(action_spec, Composite):
@@ -202,7 +206,7 @@ def make_awr_value(
         >>> value(TensorDict(observation=torch.randn(5, 17), batch_size=[5]))["state_value"].shape
         torch.Size([5, 1])
     """
-    obs_size = _size(observation_spec)
+    obs_size = _size(observation_spec, observation_key)
     if observation_norm is None:
         observation_norm = make_observation_norm(obs_size, observation_key)
     net: nn.Module = _mlp(obs_size, 1, hidden_sizes, None)

@@ -47,7 +47,8 @@ def chronological_indices(buffer: ReplayBuffer) -> torch.Tensor:
     size = len(storage)
     if size < storage.max_size:
         return torch.arange(size)
-    start = buffer.write_count % storage.max_size
+    # The writer's cursor is the next slot to overwrite, i.e. the oldest entry once the storage is full.
+    start = getattr(buffer._writer, "_cursor", buffer.write_count % storage.max_size)
     return (torch.arange(size) + start) % storage.max_size
 
 
