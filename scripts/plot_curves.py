@@ -77,15 +77,15 @@ def main(argv: list[str]) -> int:
     reference = read_reference(args.reference, args.task)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     grid = np.linspace(0, args.max_frames, 200)
-    ref = np.stack([np.interp(grid, *zip(*sorted(c))) for c in reference.values()])
+    ref = np.stack([np.interp(grid, *zip(*sorted(c), strict=True)) for c in reference.values()])
     ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
     ax.fill_between(grid, ref.mean(0) - ref.std(0), ref.mean(0) + ref.std(0), color="gray", alpha=0.25)
     labels = args.labels or [p.name for p in args.runs]
     ours = {}
-    for path, label in zip(args.runs, labels):
+    for path, label in zip(args.runs, labels, strict=True):
         curve = read_run(path)
         ours[label] = [curve]
-        ax.plot(*zip(*curve), label=label)
+        ax.plot(*zip(*curve, strict=True), label=label)
     ax.set_xlim(0, args.max_frames)
     ax.set_xlabel("environment frames")
     ax.set_ylabel("deterministic eval return")
