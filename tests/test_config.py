@@ -179,10 +179,6 @@ def test_wrong_type_names_the_value(override, value):
     assert repr(value) in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: the wrong-type message keeps only OmegaConf's first line, which drops the key",
-)
 def test_wrong_type_names_the_key():
     message = _one_line_error(["loss.beta=abc"])
     assert "loss.beta" in message

@@ -279,12 +279,6 @@ def test_resumed_run_continues_counting(trained, tmp_path):
     assert fresh.clock.iteration == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="package bug: AWRLoss makes its value estimator lazily, so a checkpoint of a trained loss carries "
-    "'_value_estimator.gamma/lmbda' buffers that a freshly built loss (docstring example) rejects",
-)
 def test_resume_with_the_docstring_build(trained):
     fresh = build(seed=1, value_estimator=False)
     fresh.resume(trained["dir"])
@@ -298,10 +292,6 @@ def test_resume_incompatible_checkpoint_raises_value_error(trained):
     assert str(CheckpointRotation(trained["dir"], keep_last=2).latest()) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: resume() promises a one-line ValueError but embeds the multi-line load_state_dict error",
-)
 def test_resume_error_message_is_one_line(trained):
     fresh = build(seed=1, hidden_sizes=(16,))
     with pytest.raises(ValueError) as info:
@@ -309,12 +299,6 @@ def test_resume_error_message_is_one_line(trained):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: RunClock.load_state_dict reads trainer.collected_frames before the 'trainer_state' "
-    "component is restored (components load in name order), so the first frames/s after a resume counts "
-    "every frame collected before the checkpoint",
-)
 def test_frames_per_s_after_resume_counts_only_new_frames(trained):
     fresh = build(seed=1)
     fresh.resume(trained["dir"])

@@ -13,7 +13,7 @@ from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayB
 from torchrl.envs import EnvBase
 from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
 
-from torchrl_awr.config import to_dict
+from torchrl_awr.config import to_flat_dict
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
 
@@ -126,7 +126,7 @@ def make_logger(cfg: DictConfig, output_dir: Path) -> Logger | None:
         group=cfg.logger.group or None,
         mode=cfg.logger.mode,
         resume="allow",
-        config=to_dict(cfg),
+        config=to_flat_dict(cfg),
         log_env_packages=False,
     )
     id_file.write_text(logger.experiment.id)

@@ -196,7 +196,8 @@ def load_config(overrides: list[str], base: DictConfig | None = None) -> DictCon
         else:
             cfg = OmegaConf.merge(schema, base, cli)
     except OmegaConfBaseException as err:
-        raise ValueError(f"bad override: {str(err).splitlines()[0]}") from None
+        key = getattr(err, "full_key", None)
+        raise ValueError(f"bad override {key or ''}: {str(err).splitlines()[0]}".replace(" :", ":")) from None
     validate(cfg)
     return cfg
 
@@ -223,6 +224,13 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def to_dict(cfg: DictConfig) -> dict:
-    """Plain nested dict of a resolved config (for loggers and ``config.yaml``)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+def to_flat_dict(cfg: DictConfig) -> dict[str, object]:
+    """``{"loss.beta": 1.0, ...}``: the resolved config under the same dotted keys the overrides use.
+
+    W&B sweeps name their parameters this way, so the run's config and the swept values line up key for key.
+
+    Examples:
+        >>> to_flat_dict(load_config([]))["loss.beta"]
+        1.0
+    """
+    return {key: OmegaConf.to_container(cfg, resolve=True) and OmegaConf.select(cfg, key) for key in all_keys(cfg)}

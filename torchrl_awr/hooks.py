@@ -284,10 +284,14 @@ class RunClock(TrainerHookBase):
         self.elapsed = float(state_dict["elapsed"])
         self.iteration = int(state_dict["iteration"])
         self._start = time.perf_counter()
-        self._last = (self._start, self._trainer.collected_frames if self._trainer else 0)
+
+    def start(self) -> None:
+        """Start timing frames/s from the current frame count (also after a resume)."""
+        self._last = (time.perf_counter(), self._trainer.collected_frames)
 
     def register(self, trainer: Trainer, name: str = "clock") -> None:
         self._trainer = trainer
+        trainer.register_op("setup", self.start)
         trainer.register_op("post_steps_log", self)
         trainer.register_module(name, self)
 

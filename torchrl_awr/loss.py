@@ -313,6 +313,9 @@ class AWRLoss(LossModule):
             },
             **hp,
         )
+        # γ and λ are hyperparameters, not learned state: keep them out of state_dict so that a loss whose
+        # estimator was built lazily on first use loads into a fresh one (and vice versa).
+        self._value_estimator._non_persistent_buffers_set.update(self._value_estimator._buffers)
         return self
 
     # ------------------------------------------------------------- targets

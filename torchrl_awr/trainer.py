@@ -63,7 +63,7 @@ class AWRTrainer(Trainer):
         actor_steps, critic_steps, batch_size: the phases' sizes (1000, 200, 256).
         observation_norm: the shared in-network normaliser to fit, if any.
         normalizer_samples: samples whose statistics it takes before freezing.
-        frames_per_batch: frames per iteration (for checkpoint intervals).
+        frames_per_batch: frames per iteration, for checkpoint intervals (default: the collector's).
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_interval: iterations between checkpoints.
         keep_checkpoints: how many checkpoints to keep.
@@ -108,7 +108,7 @@ class AWRTrainer(Trainer):
         batch_size: int = 256,
         observation_norm: ObservationNorm | None = None,
         normalizer_samples: int = 300_000,
-        frames_per_batch: int = 2048,
+        frames_per_batch: int | None = None,
         checkpoint_dir: str | pathlib.Path | None = None,
         checkpoint_interval: int = 10,
         keep_checkpoints: int = 2,
@@ -116,6 +116,7 @@ class AWRTrainer(Trainer):
         progress_bar: bool = True,
         seed: int | None = None,
     ) -> None:
+        frames_per_batch = frames_per_batch or collector.frames_per_batch
         checkpoint = rotation = None
         if checkpoint_dir is not None:
             checkpoint = Checkpoint(rng=GlobalRNGState())
@@ -178,6 +179,8 @@ class AWRTrainer(Trainer):
         try:
             self.load_from_file(latest)
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
-            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {err}") from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {reason}") from None
         self._last_save = self.collected_frames
+        self.clock.start()
         return latest
