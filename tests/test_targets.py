@@ -443,3 +443,36 @@ def test_missing_flag_raises():
     rb.extend(steps_to_td(rows).exclude(("next", "terminated")))
     with pytest.raises(ValueError, match="terminated"):
         relabel(rb, make_loss())
+
+
+def test_relabel_can_standardise_advantages_over_the_whole_buffer():
+    from tensordict import TensorDict
+    from torchrl.data import Bounded, LazyTensorStorage, TensorDictReplayBuffer
+
+    from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, relabel
+
+    torch.manual_seed(0)
+    loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
+    n = 300
+    data = TensorDict(
+        observation=torch.randn(n, 3),
+        action=torch.zeros(n, 1),
+        next=TensorDict(
+            observation=torch.randn(n, 3),
+            reward=torch.randn(n, 1) * 5 + 2,
+            done=torch.zeros(n, 1, dtype=torch.bool),
+            terminated=torch.zeros(n, 1, dtype=torch.bool),
+            batch_size=[n],
+        ),
+        batch_size=[n],
+    )
+    raw_rb, norm_rb = (TensorDictReplayBuffer(storage=LazyTensorStorage(n)) for _ in range(2))
+    raw_rb.extend(data.clone())
+    norm_rb.extend(data.clone())
+    raw_stats = relabel(raw_rb, loss)
+    norm_stats = relabel(norm_rb, loss, normalize_advantage=True)
+    raw = raw_rb.storage[:n]["advantage"]
+    normed = norm_rb.storage[:n]["advantage"]
+    assert raw_stats == norm_stats  # stats describe the raw advantages either way
+    torch.testing.assert_close(normed, (raw - raw.mean()) / (raw.std(unbiased=False) + 1e-5))
+    torch.testing.assert_close(norm_rb.storage[:n]["value_target"], raw_rb.storage[:n]["value_target"])

@@ -88,9 +88,9 @@ def trained(tmp_path_factory):
     events: list[str] = []
     real_relabel = hooks_module.relabel
 
-    def spy_relabel(buffer, loss):
+    def spy_relabel(buffer, loss, **kwargs):
         events.append("relabel")
-        return real_relabel(buffer, loss)
+        return real_relabel(buffer, loss, **kwargs)
 
     for name, phase in phases(trainer).items():
         loss_fn = phase.loss_fn

@@ -50,7 +50,7 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
         value,
         beta=cfg.loss.beta,
         max_weight=cfg.loss.max_weight,
-        normalize_advantage=cfg.loss.normalize_advantage,
+        normalize_advantage=cfg.loss.normalize_advantage and cfg.loss.advantage_stats == "batch",
         action_bound_penalty=cfg.loss.action_bound_penalty if continuous else 0.0,
         action_spec=action_spec if continuous else None,
         entropy_coeff=cfg.loss.entropy_coeff,

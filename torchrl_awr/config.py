@@ -48,6 +48,7 @@ class LossConfig:
     gamma: float = 0.99
     lmbda: float = 0.95
     normalize_advantage: bool = True
+    advantage_stats: str = "buffer"  # buffer (the original: once over the replay buffer) | batch (per minibatch)
     action_bound_penalty: float = 10.0
     entropy_coeff: float = 0.0
 
@@ -116,6 +117,7 @@ CHOICES = {
     "logger.backend": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("offline", "online", "disabled"),
     "device": ("cpu", "cuda", "auto"),
+    "loss.advantage_stats": ("buffer", "batch"),
 }
 POSITIVE = (
     "loss.beta",

@@ -84,6 +84,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) 
         observation_norm=loss.actor_network.module[0][0],
         normalizer_samples=cfg.model.normalizer_samples,
         frames_per_batch=cfg.collector.frames_per_batch,
+        normalize_advantage_over_buffer=cfg.loss.normalize_advantage and cfg.loss.advantage_stats == "buffer",
         checkpoint_dir=output_dir / "checkpoints",
         checkpoint_interval=cfg.checkpoint.interval,
         keep_checkpoints=cfg.checkpoint.keep_last,

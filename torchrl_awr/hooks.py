@@ -113,17 +113,25 @@ class RelabelTargets(TrainerHookBase):
     """Recompute TD(λ) targets and advantages over the whole buffer with the current critic.
 
     AWR runs it twice per iteration: before the critic phase and before the
-    actor phase. Stage: ``pre_optim_steps``.
+    actor phase (there, with ``normalize_advantage=True``, advantages are
+    standardised over the whole buffer as in the original). Stage: ``pre_optim_steps``.
     """
 
-    def __init__(self, replay_buffer: ReplayBuffer, loss_module: AWRLoss, log_prefix: str = "relabel") -> None:
+    def __init__(
+        self,
+        replay_buffer: ReplayBuffer,
+        loss_module: AWRLoss,
+        log_prefix: str = "relabel",
+        normalize_advantage: bool = False,
+    ) -> None:
         self.replay_buffer = replay_buffer
         self.loss_module = loss_module
         self.log_prefix = log_prefix
+        self.normalize_advantage = normalize_advantage
         self._trainer: Trainer | None = None
 
     def __call__(self) -> None:
-        stats = relabel(self.replay_buffer, self.loss_module)
+        stats = relabel(self.replay_buffer, self.loss_module, normalize_advantage=self.normalize_advantage)
         if self._trainer is not None:
             self._trainer._log(**{f"{self.log_prefix}/{k}": v for k, v in stats.items()})
 

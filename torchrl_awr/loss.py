@@ -52,13 +52,23 @@ def awr_weights(advantage: Tensor, beta: float, max_weight: float, normalize: bo
     """
     for name, val in (("beta", beta), ("max_weight", max_weight)):
         _check_positive(name, val)
-    if normalize:  # statistics in float64: a float32 mean of huge finite advantages would overflow
-        wide = advantage.double()
-        advantage = ((wide - wide.mean()) / (wide.std(unbiased=False) + ADVANTAGE_EPS)).to(advantage.dtype)
+    if normalize:
+        advantage = standardize(advantage)
     log_weight = advantage / beta
     log_clip = math.log(max_weight)
     clipped = log_weight > log_clip
     return log_weight.clamp_max(log_clip).exp(), clipped
+
+
+def standardize(advantage: Tensor) -> Tensor:
+    """``(A − mean) / (std + 1e-5)`` with float64 statistics (a float32 mean of huge advantages overflows).
+
+    Examples:
+        >>> standardize(torch.tensor([1.0, 3.0]))
+        tensor([-1.0000,  1.0000])
+    """
+    wide = advantage.double()
+    return ((wide - wide.mean()) / (wide.std(unbiased=False) + ADVANTAGE_EPS)).to(advantage.dtype)
 
 
 def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
@@ -110,7 +120,10 @@ class AWRLoss(LossModule):
             code's value, used on standardised advantages).
         max_weight (float): weight clip > 0. Defaults to ``20.0``.
         normalize_advantage (bool): standardise the advantages over the batch
-            before weighting. Defaults to ``True``.
+            before weighting. Defaults to ``True``. (The original standardises
+            once over the whole replay buffer instead: pass
+            ``normalize_advantage=True`` to :func:`torchrl_awr.relabel` and
+            ``False`` here.)
         action_bound_penalty (float): weight of the original's penalty
             ``½·Σ violation²`` on the Gaussian mean leaving the action bounds
             (measured in units of half the action range). ``0`` switches it

@@ -22,7 +22,7 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data import ReplayBuffer
 
-from torchrl_awr.loss import AWRLoss
+from torchrl_awr.loss import AWRLoss, standardize
 
 TRAJ_KEY: NestedKey = ("collector", "traj_ids")
 
@@ -79,6 +79,7 @@ def relabel(
     loss: AWRLoss,
     *,
     traj_key: NestedKey | None = TRAJ_KEY,
+    normalize_advantage: bool = False,
 ) -> dict[str, float]:
     """Recompute ``value_target`` and ``advantage`` for every transition in ``buffer``.
 
@@ -97,9 +98,12 @@ def relabel(
             ``("collector", "traj_ids")``). If the buffer lacks it, or ``None``
             is passed, storage order is taken as the time order of one stream
             (a single env, or an offline dataset stored path after path).
+        normalize_advantage: store advantages standardised over the whole
+            buffer, ``(A − mean) / (std + 1e-5)``, as the original does before
+            its actor phase (then build the loss with ``normalize_advantage=False``).
 
     Returns:
-        Buffer-wide diagnostics: ``advantage_mean``, ``advantage_std``,
+        Buffer-wide diagnostics of the raw advantages: ``advantage_mean``, ``advantage_std``,
         ``value_target_mean`` and ``explained_variance``.
 
     Examples:
@@ -148,6 +152,8 @@ def relabel(
     sequence = sequence.squeeze(0)
     value_target = sequence.get(keys.value_target)
     advantage = sequence.get(keys.advantage)
+    if normalize_advantage:
+        sequence.set(keys.advantage, standardize(advantage))
     storage[positions] = sequence.select(keys.value_target, keys.advantage)  # in place: no cursor move
     residual_var = advantage.var(unbiased=False)
     return {

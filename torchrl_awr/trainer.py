@@ -64,6 +64,9 @@ class AWRTrainer(Trainer):
         observation_norm: the shared in-network normaliser to fit, if any.
         normalizer_samples: samples whose statistics it takes before freezing.
         frames_per_batch: frames per iteration, for checkpoint intervals (default: the collector's).
+        normalize_advantage_over_buffer: standardise advantages over the whole
+            buffer before the actor phase (the original); build the loss with
+            ``normalize_advantage=False`` then.
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_interval: iterations between checkpoints.
         keep_checkpoints: how many checkpoints to keep.
@@ -109,6 +112,7 @@ class AWRTrainer(Trainer):
         observation_norm: ObservationNorm | None = None,
         normalizer_samples: int = 300_000,
         frames_per_batch: int | None = None,
+        normalize_advantage_over_buffer: bool = False,
         checkpoint_dir: str | pathlib.Path | None = None,
         checkpoint_interval: int = 10,
         keep_checkpoints: int = 2,
@@ -154,7 +158,9 @@ class AWRTrainer(Trainer):
             critic_steps,
             batch_size,
         ).register(self)
-        RelabelTargets(replay_buffer, loss_module).register(self, "relabel_actor")
+        RelabelTargets(replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer).register(
+            self, "relabel_actor"
+        )
         RegressionPhase(
             "actor_phase",
             loss_module.actor_loss,
