@@ -26,6 +26,7 @@ import argparse
 import cProfile
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -511,6 +512,15 @@ def bench_collection(args, tmpdir: Path) -> dict:
     for rep in range(args.repeats):
         for name in order if rep % 2 == 0 else order[::-1]:
             fps[name].append(runners[name].run(frames))
+    profile = None
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        ours.run(2 * cfg.collector.frames_per_batch)
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.profile)
+        profile = out.getvalue()
     for runner in runners.values():
         runner.close()
     result = {
@@ -524,6 +534,8 @@ def bench_collection(args, tmpdir: Path) -> dict:
         "ratio_vs_raw_vector_policy": paired(fps["ours"], fps["raw_vector_policy"]),
         "fps_all": fps,
     }
+    if profile is not None:
+        result["profile"] = profile
     return result
 
 
@@ -537,14 +549,13 @@ def bench_iteration(args, tmpdir: Path) -> dict:
     """
     iterations = args.iterations
     extra = ["optim.actor_steps=100", "optim.critic_steps=20"] if args.quick else []
+    defaults = base_config()
     cfg = base_config(
         f"eval.interval={10**9}",
         f"checkpoint.interval={10**9}",
-        f"collector.total_frames={(iterations + 1) * 2048}",
-        "collector.frames_per_batch=2048",
+        f"collector.total_frames={(iterations + 1) * defaults.collector.frames_per_batch}",
         *extra,
     )
-    defaults = base_config()
     built = build_trainer(cfg, tmpdir / "run", progress_bar=False)
     trainer, evaluator = built if isinstance(built, tuple) else (built, None)
     buffer = trainer.replay_buffer
@@ -571,7 +582,17 @@ def bench_iteration(args, tmpdir: Path) -> dict:
     trainer.register_op("batch_process", on_batch)
     trainer.register_op("pre_steps_log", lambda batch: mark("optim_start"))
     trainer.register_op("pre_optim_steps", lambda: mark("optim_end"))
-    trainer.register_op("post_steps_log", lambda batch: mark("iter_end"))
+    ckpt: dict[str, float] = {}
+
+    def on_iter_end(batch) -> None:
+        mark("iter_end")
+        if len(marks["iter_end"]) == iterations + 1:  # last one: time a checkpoint while the collector is up
+            try:
+                ckpt["s"] = timed(lambda: trainer.save_trainer(force_save=True))
+            except Exception as err:  # noqa: BLE001 - an optional figure; report why it is missing
+                log(f"checkpoint timing skipped: {type(err).__name__}: {err}")
+
+    trainer.register_op("post_steps_log", on_iter_end)
     start = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - start
@@ -579,13 +600,14 @@ def bench_iteration(args, tmpdir: Path) -> dict:
     it = [marks["iter_end"][i] - marks["iter_end"][i - 1] for i in range(1, n)]
     collect = [marks["batch"][i] - marks["iter_end"][i - 1] for i in range(1, n)]
     optim = [marks["optim_end"][i] - marks["optim_start"][i] for i in range(1, n)]
+    other = [t - c - o for t, c, o in zip(it, collect, optim, strict=True)]
     s_iter = statistics.median(it)
 
     # The optimisation stage split into its hooks, by separate calls on the trainer's own full buffer.
     loss = trainer.loss_module
     keys = loss.tensor_keys
     actor_opt, critic_opt = make_optimizers(cfg, loss)
-    relabel_s = statistics.median(timed(lambda: relabel(buffer, loss)) for _ in range(3))
+    relabel_s = statistics.median(timed(lambda: relabel(buffer, loss)) for _ in range(args.repeats))
     phases = {}
     for name, fn, phase_keys, opt, steps in (
         (
@@ -612,13 +634,10 @@ def bench_iteration(args, tmpdir: Path) -> dict:
             steps=steps,
             batch_size=cfg.optim.batch_size,
         )
-        phases[name] = timed(hook)
+        repeats = args.repeats if name == "critic_phase" else min(args.repeats, 3)  # the actor phase takes ~2 s
+        phases[name] = statistics.median(timed(hook) for _ in range(repeats))
     eval_s = timed(evaluator.evaluate) if evaluator is not None else None
-    try:
-        ckpt_s = timed(lambda: trainer.save_trainer(force_save=True))
-    except Exception as err:  # noqa: BLE001 - an optional figure; report why it is missing
-        log(f"checkpoint timing skipped: {type(err).__name__}: {err}")
-        ckpt_s = None
+    ckpt_s = ckpt.get("s")
     iters_1m = 1e6 / cfg.collector.frames_per_batch
     with_extras = s_iter * iters_1m
     if eval_s is not None:
@@ -637,7 +656,7 @@ def bench_iteration(args, tmpdir: Path) -> dict:
         "split_s": {
             "collect_and_extend": statistics.median(collect),
             "optim_stage": statistics.median(optim),
-            "other": s_iter - statistics.median(collect) - statistics.median(optim),
+            "other": statistics.median(other),
             "relabel_each": relabel_s,
             "critic_phase": phases["critic_phase"],
             "actor_phase": phases["actor_phase"],
@@ -690,49 +709,27 @@ def table(results: dict) -> str:
     if "collection" in results:
         c = results["collection"]
         ne = c["num_envs"]
-        row(
-            "collection",
-            f"our collector ({ne} envs) vs gymnasium sync vector ({ne}), random actions",
-            c["ours_fps"],
-            c["raw_vector_fps"],
-            c["ratio_vs_raw_vector"],
-            "frames/s",
+        pairs = (
+            ("ours", "raw_vector", "ratio_vs_raw_vector", f"our collector ({ne} envs) vs gymnasium sync vector ({ne})"),
+            ("ours", "raw_single", "ratio_vs_raw_single", f"our collector ({ne} envs) vs gymnasium single env"),
+            ("ours_1env", "raw_single", "ratio_1env_vs_raw_single", "our collector (1 env) vs gymnasium single env"),
+            ("ours", "raw_vector_policy", "ratio_vs_raw_vector_policy", f"our collector ({ne} envs) vs sync vector"),
         )
-        row(
-            "collection",
-            f"our collector ({ne} envs) vs gymnasium single env, random actions",
-            c["ours_fps"],
-            c["raw_single_fps"],
-            c["ratio_vs_raw_single"],
-            "frames/s",
-        )
-        row(
-            "collection",
-            "our collector (1 env) vs gymnasium single env, random actions",
-            c["ours_1env_fps"],
-            c["raw_single_fps"],
-            c["ratio_1env_vs_raw_single"],
-            "frames/s",
-        )
-        row(
-            "collection",
-            f"our collector ({ne} envs) vs sync vector + plain-torch policy",
-            c["ours_fps"],
-            c["raw_vector_policy_fps"],
-            c["ratio_vs_raw_vector_policy"],
-            "frames/s",
-        )
+        for ours, base, ratio, label in pairs:
+            how = " + plain-torch policy" if base.endswith("policy") else ", random actions"
+            row("collection", label + how, c[f"{ours}_fps"], c[f"{base}_fps"], c[ratio], "frames/s")
     if "iteration" in results:
         r = results["iteration"]
         sp = r["split_s"]
         note = " (quick: reduced steps)" if r["quick_reduced_steps"] else ""
         steps = f"{r['frames_per_batch']} frames + {r['critic_steps']} critic + {r['actor_steps']} actor steps"
-        row("iteration", f"one iteration ({steps}, 50k buffer){note}", r["s_per_iteration"], unit="s")
-        row("iteration", "↳ collect + extend buffer", sp["collect_and_extend"], unit="s")
+        what = f"one iteration ({steps}, 50k buffer; median of {r['iterations_timed']}){note}"
+        row("iteration", what, r["s_per_iteration"], unit="s")
+        row("iteration", "↳ collect + state normaliser + extend buffer", sp["collect_and_extend"], unit="s")
         row("iteration", "↳ optimisation stage (2 relabels + both phases)", sp["optim_stage"], unit="s")
-        row("iteration", "  ↳ relabel (each, separate call)", sp["relabel_each"], unit="s")
-        row("iteration", "  ↳ critic phase (separate call)", sp["critic_phase"], unit="s")
-        row("iteration", "  ↳ actor phase (separate call)", sp["actor_phase"], unit="s")
+        row("iteration", "↳ of which: relabel, each of 2 (separate call)", sp["relabel_each"], unit="s")
+        row("iteration", "↳ of which: critic phase (separate call)", sp["critic_phase"], unit="s")
+        row("iteration", "↳ of which: actor phase (separate call)", sp["actor_phase"], unit="s")
         row("iteration", "↳ other (weight update, logging)", sp["other"], unit="s")
         row("iteration", "evaluation (eval.episodes, deterministic)", r["eval_s"], unit="s")
         row("iteration", "checkpoint save (50k buffer)", r["checkpoint_s"], unit="s")
@@ -768,7 +765,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="N",
-        help="also cProfile our update step and relabel; print the top N functions",
+        help="also cProfile our update step, relabel and collector; print the top N functions",
     )
     args = parser.parse_args(argv)
     quick = args.quick
@@ -787,6 +784,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # keep its INFO lines out of the printed table
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     info = machine_info(args.threads)
@@ -834,11 +832,18 @@ def main(argv: list[str]) -> int:
     print(f"AWR benchmark ({ENV_NAME}; medians over {args.repeats} repeats; ratios are medians of per-repeat ratios)")
     print()
     print(table(results))
+    if "update" in results:
+        u = results["update"]
+        print(
+            f"\nupdate: batch {u['batch_size']}, nets {tuple(u['hidden_sizes'])}, {u['steps_per_block']} steps per "
+            f"block; advantages standardised per minibatch: {u['advantage_standardised_per_minibatch']}; "
+            f"ours vs plain loss values: max rel. diff {u['check']['max_rel_diff']:.1e}"
+        )
     print(
         f"\nload avg at end {info['loadavg_end'][0]:.2f}; wall time per section (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
-    for name in ("update", "relabel"):
+    for name in ("update", "relabel", "collection"):
         if "profile" in results.get(name, {}):
             print(f"\ncProfile of {name}:\n{results[name]['profile']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
