@@ -100,8 +100,11 @@ def machine_info(threads: int) -> dict:
     }
 
 
+CONFIG_OVERRIDES: list[str] = []  # key=value from the command line, applied to every section
+
+
 def base_config(*overrides: str):
-    return load_config([f"env.name={ENV_NAME}", "logger.backend=none", *overrides])
+    return load_config([f"env.name={ENV_NAME}", "logger.backend=none", *CONFIG_OVERRIDES, *overrides])
 
 
 def find_observation_norm(module: nn.Module) -> ObservationNorm:
@@ -767,6 +770,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="also cProfile our update step, relabel and collector; print the top N functions",
     )
+    parser.add_argument("overrides", nargs="*", help="config overrides for every section, e.g. env.num_envs=16")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {"repeats": (2, 5), "steps": (20, 200), "collect_batches": (1, 2), "iterations": (1, 3)}
@@ -784,6 +788,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    CONFIG_OVERRIDES[:] = args.overrides
     logging.getLogger("torchrl").setLevel(logging.WARNING)  # keep its INFO lines out of the printed table
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

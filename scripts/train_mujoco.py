@@ -11,20 +11,25 @@ line on stderr and status 2.
 
 from __future__ import annotations
 
+import logging
 import sys
+
+from omegaconf import OmegaConf
 
 from torchrl_awr.experiment import resolve_run, run
 
 
 def main(argv: list[str]) -> int:
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # its INFO lines (spec checks) drown the progress bar
     try:
         cfg, output_dir = resolve_run(argv)
     except ValueError as err:
         print(f"train_mujoco.py: error: {err}", file=sys.stderr)
         return 2
     print(f"output dir: {output_dir}", flush=True)
+    print(OmegaConf.to_yaml(cfg), flush=True)
     try:
-        summary = run(cfg, output_dir)
+        summary = run(cfg, output_dir, tags=[arg for arg in argv if not arg.startswith(("resume=", "output_dir="))])
     except ValueError as err:
         print(f"train_mujoco.py: error: {err}", file=sys.stderr)
         return 2

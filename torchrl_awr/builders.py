@@ -103,10 +103,12 @@ def max_episode_steps(env_name: str) -> int:
     return gym.spec(env_name).max_episode_steps or 1000
 
 
-def make_logger(cfg: DictConfig, output_dir: Path) -> Logger | None:
+def make_logger(cfg: DictConfig, output_dir: Path, tags: list[str] | None = None) -> Logger | None:
     """A :mod:`torchrl.record.loggers` logger; W&B runs offline unless ``logger.mode=online``.
 
-    The W&B run id is kept in ``output_dir/wandb_id`` so a resumed run logs into the same run.
+    The W&B config holds every key under its dotted override name (as sweeps name them) and ``tags`` (the
+    command line's ``key=value`` overrides: under a sweep agent, the swept values). The W&B run id is kept in
+    ``output_dir/wandb_id`` so a resumed run logs into the same run.
     """
     exp_name = output_dir.name
     if cfg.logger.backend == "none":
@@ -127,6 +129,7 @@ def make_logger(cfg: DictConfig, output_dir: Path) -> Logger | None:
         mode=cfg.logger.mode,
         resume="allow",
         config=to_flat_dict(cfg),
+        tags=[tag[:64] for tag in tags or []],
         log_env_packages=False,
     )
     id_file.write_text(logger.experiment.id)

@@ -63,7 +63,9 @@ def resolve_run(overrides: list[str]) -> tuple[DictConfig, Path]:
     return cfg, Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) -> tuple[AWRTrainer, Evaluate]:
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None
+) -> tuple[AWRTrainer, Evaluate]:
     """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -88,7 +90,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) 
         checkpoint_dir=output_dir / "checkpoints",
         checkpoint_interval=cfg.checkpoint.interval,
         keep_checkpoints=cfg.checkpoint.keep_last,
-        logger=make_logger(cfg, output_dir),
+        logger=make_logger(cfg, output_dir, tags),
         progress_bar=progress_bar,
         seed=cfg.seed,
     )
@@ -104,12 +106,15 @@ def build_trainer(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) 
     return trainer, evaluator
 
 
-def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) -> dict:
-    """Train (or resume) one run and write its outputs; returns the summary."""
+def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None) -> dict:
+    """Train (or resume) one run and write its outputs; returns the summary.
+
+    ``tags`` label the W&B run (the script passes its ``key=value`` overrides).
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         OmegaConf.save(cfg, output_dir / "config.yaml")
-    trainer, evaluator = build_trainer(cfg, output_dir, progress_bar)
+    trainer, evaluator = build_trainer(cfg, output_dir, progress_bar, tags)
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
     if trainer.progress_bar:
@@ -126,8 +131,17 @@ def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True) -> dict:
         "wall_time_s": trainer.clock.wall_time,
         "output_dir": str(output_dir),
     }
-    write_json(output_dir / "summary.json", summary)
     if cfg.logger.backend == "wandb":
-        trainer.logger.experiment.summary.update(summary)
-        trainer.logger.experiment.finish()
+        wandb_run = trainer.logger.experiment
+        wandb_run.summary.update(summary)
+        # What W&B itself recorded (its offline files are binary): lets a sweep's user or test check it locally.
+        summary["wandb"] = {
+            "run_id": wandb_run.id,
+            "sweep_id": os.environ.get("WANDB_SWEEP_ID"),
+            "tags": list(wandb_run.tags),
+            "config": dict(wandb_run.config),
+            "summary": {k: v for k, v in dict(wandb_run.summary).items() if isinstance(v, (int, float, str))},
+        }
+        wandb_run.finish()
+    write_json(output_dir / "summary.json", summary)
     return summary
