@@ -20,7 +20,7 @@ lint: install
 	$(VENV)/bin/ruff check torchrl_awr scripts tests
 
 test: lint
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --doctest-modules torchrl_awr tests
 
 train: install
 	$(PY) scripts/train_mujoco.py $(ARGS)
