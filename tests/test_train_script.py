@@ -147,3 +147,23 @@ def test_learns_inverted_pendulum() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_eval_return_mean"] >= 900, summary  # the maximum is 1000; random is ~50
+
+
+def test_memmap_buffer_run(tmp_path: Path) -> None:
+    out = tmp_path / "memmap"
+    proc = run_script(
+        "env.name=Pendulum-v1", "collector.total_frames=1024", "buffer.storage=memmap", f"output_dir={out}", *FAST
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any((out / "buffer").rglob("*.memmap"))  # the buffer lives on disk
+    assert json.loads((out / "summary.json").read_text())["frames"] == 1024
+
+
+def test_tensorboard_backend_without_tensorboard_is_one_line(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed: the backend works instead of failing")
+    proc = run_script("env.name=Pendulum-v1", "logger.backend=tensorboard", f"output_dir={tmp_path}", timeout=60)
+    assert proc.returncode == 2
+    assert "pip install -e '.[tensorboard]'" in proc.stderr.strip().splitlines()[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def make_logger(cfg: DictConfig, output_dir: Path, tags: list[str] | None = None
     if cfg.logger.backend == "csv":
         return CSVLogger(exp_name, log_dir=str(output_dir / "logs"))
     if cfg.logger.backend == "tensorboard":
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "logger.backend=tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'."
+            )
         return TensorboardLogger(exp_name, log_dir=str(output_dir / "logs"))
     id_file = output_dir / "wandb_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None

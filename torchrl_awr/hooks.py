@@ -89,14 +89,30 @@ class UpdateObservationNorm(TrainerHookBase):
 
 
 class ExtendBuffer(TrainerHookBase):
-    """Append the collected batch (valid transitions only) to the FIFO replay buffer. Stage: ``batch_process``."""
+    """Append the collected batch (valid transitions only) to the FIFO replay buffer. Stage: ``batch_process``.
 
-    def __init__(self, replay_buffer: ReplayBuffer, exclude: tuple = ("loc", "scale", "logits", "observation_norm")):
+    ``target_keys`` (the loss's ``advantage`` and ``value_target``) are stored as zeros with every transition,
+    so that storages whose keys are fixed at their first write (memory-mapped ones) have slots for
+    :func:`torchrl_awr.relabel` to fill.
+    """
+
+    def __init__(
+        self,
+        replay_buffer: ReplayBuffer,
+        target_keys: tuple = ("advantage", "value_target"),
+        exclude: tuple = ("loc", "scale", "logits", "observation_norm"),
+    ) -> None:
         self.replay_buffer = replay_buffer
+        self.target_keys = target_keys
         self.exclude = exclude
 
     def __call__(self, batch: TensorDictBase) -> None:
-        self.replay_buffer.extend(_valid(batch).exclude(*self.exclude))
+        batch = _valid(batch).exclude(*self.exclude)
+        reward = batch.get(("next", "reward"))
+        for key in self.target_keys:
+            if key not in batch.keys(True):
+                batch.set(key, torch.zeros_like(reward))
+        self.replay_buffer.extend(batch)
 
     def state_dict(self) -> dict[str, Any]:
         return self.replay_buffer.state_dict()

@@ -154,7 +154,13 @@ def relabel(
     advantage = sequence.get(keys.advantage)
     if normalize_advantage:
         sequence.set(keys.advantage, standardize(advantage))
-    storage[positions] = sequence.select(keys.value_target, keys.advantage)  # in place: no cursor move
+    try:
+        storage[positions] = sequence.select(keys.value_target, keys.advantage)  # in place: no cursor move
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(
+            f"relabel: cannot write {keys.value_target!r}/{keys.advantage!r} into the buffer's storage "
+            f"({type(err).__name__}); store them (e.g. as zeros) with every transition when extending."
+        ) from None
     residual_var = advantage.var(unbiased=False)
     return {
         "advantage_mean": advantage.mean().item(),

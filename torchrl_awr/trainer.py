@@ -144,10 +144,10 @@ class AWRTrainer(Trainer):
         self.clock = RunClock()
         if observation_norm is not None:
             UpdateObservationNorm(observation_norm, normalizer_samples).register(self)
-        ExtendBuffer(replay_buffer).register(self)
+        keys = loss_module.tensor_keys
+        ExtendBuffer(replay_buffer, target_keys=(keys.advantage, keys.value_target)).register(self)
         LogEpisodeReturn().register(self)
         actor, value = loss_module.actor_network, loss_module.value_network
-        keys = loss_module.tensor_keys
         RelabelTargets(replay_buffer, loss_module).register(self, "relabel_critic")
         RegressionPhase(
             "critic_phase",
