@@ -7,14 +7,13 @@ import math
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from torchrl_awr.config import all_keys, load_config
+from torchrl_awr.sweeps import agent_command, grid_points
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -84,24 +83,6 @@ def test_sweep_config_is_valid(path: Path) -> None:
         load_config([f"{k}={sample(v, rng)}" for k, v in config["parameters"].items()])
 
 
-def agent_command(config: dict, params: dict) -> list[str]:
-    """The command line `wandb agent` builds for ``params`` (W&B's own macro expansion of ``command``)."""
-    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
-    command: list[str] = []
-    for chunk in config["command"]:
-        if chunk == "${env}":
-            command.append("/usr/bin/env")
-        elif chunk == "${program}":
-            command.append(config["program"])
-        elif chunk == "${args_no_hyphens}":
-            command += args["args_no_hyphens"]
-        elif chunk == "python":
-            command.append(sys.executable)  # the agent's `python` on PATH: this venv's
-        else:
-            command.append(chunk)
-    return command
-
-
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_agent_command_runs_and_records_the_swept_values(path: Path, tmp_path: Path) -> None:
     config = load(path)
@@ -128,3 +109,13 @@ def test_agent_command_runs_and_records_the_swept_values(path: Path, tmp_path: P
         assert f"{key}={value}" in recorded["tags"]
     assert config["metric"]["name"] in recorded["summary"]
     assert recorded["summary"][config["metric"]["name"]] == pytest.approx(summary["final_eval_return_mean"])
+
+
+def test_grid_expansion_matches_the_sweep_size() -> None:
+    config = load(ROOT / "sweeps" / "grid_beta_seed.yaml")
+    points = grid_points(config)
+    sizes = [len(spec.get("values", [0])) for spec in config["parameters"].values()]
+    assert len(points) == math.prod(sizes) == 30
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
+    with pytest.raises(ValueError, match="only grid"):
+        grid_points(load(ROOT / "sweeps" / "bayes_halfcheetah.yaml"))
