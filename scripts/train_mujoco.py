@@ -33,6 +33,13 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"train_mujoco.py: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        print(
+            f"train_mujoco.py: error: training diverged ({str(err).rstrip('.')}); checkpoints from before it are in "
+            f"{output_dir / 'checkpoints'}: resume=<dir> with smaller learning rates (optim.actor_lr=...).",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f} "
         f"after {summary['frames']} frames in {summary['wall_time_s'] / 60:.1f} min; output dir: {output_dir}"

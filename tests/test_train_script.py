@@ -167,3 +167,20 @@ def test_tensorboard_backend_without_tensorboard_is_one_line(tmp_path: Path) -> 
     proc = run_script("env.name=Pendulum-v1", "logger.backend=tensorboard", f"output_dir={tmp_path}", timeout=60)
     assert proc.returncode == 2
     assert "pip install -e '.[tensorboard]'" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_divergence_is_one_line_and_keeps_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "diverged"
+    proc = run_script(
+        "env.name=Pendulum-v1",
+        "optim.actor_lr=1e3",
+        "optim.critic_lr=1e3",
+        "collector.total_frames=4096",
+        f"output_dir={out}",
+        *FAST,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "training diverged" in last and "non-finite" in last and str(out / "checkpoints") in last
+    assert "Traceback" not in proc.stderr
