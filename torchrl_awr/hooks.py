@@ -131,6 +131,20 @@ class RelabelTargets(TrainerHookBase):
     AWR runs it twice per iteration: before the critic phase and before the
     actor phase (there, with ``normalize_advantage=True``, advantages are
     standardised over the whole buffer as in the original). Stage: ``pre_optim_steps``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.collectors import Collector
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, make_env
+        >>> env = make_env("Pendulum-v1", seed=0)
+        >>> actor = make_awr_actor(3, env.action_spec)
+        >>> loss = AWRLoss(actor, make_awr_value(3))
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000))
+        >>> _ = rb.extend(next(iter(Collector(env, actor, frames_per_batch=200, total_frames=200))))
+        >>> RelabelTargets(rb, loss, normalize_advantage=True)()
+        >>> round(rb.storage[:200]["advantage"].std(unbiased=False).item(), 3)
+        1.0
     """
 
     def __init__(
@@ -194,6 +208,24 @@ class RegressionPhase(TrainerHookBase):
     once per phase for the keys the loss needs (one gather instead of a
     ``ReplayBuffer.sample`` call per step). The averaged loss and metadata are
     logged under ``<name>/``. Stage: ``pre_optim_steps``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+        >>> from torchrl.data import Bounded
+        >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100))
+        >>> data = TensorDict(observation=torch.randn(100, 3), value_target=torch.ones(100, 1), batch_size=[100])
+        >>> _ = rb.extend(data)
+        >>> critic_optim = torch.optim.SGD(loss.value_network.parameters(), lr=0.1)
+        >>> phase = RegressionPhase("critic_phase", loss.value_loss, ["observation", "value_target"], rb,
+        ...                         critic_optim, steps=50, batch_size=25)
+        >>> before = loss.value_loss(rb.storage[:100])[0].item()
+        >>> phase()
+        >>> loss.value_loss(rb.storage[:100])[0].item() < before
+        True
     """
 
     def __init__(
@@ -326,6 +358,15 @@ class Evaluate(TrainerHookBase):
     Runs ``episodes`` episodes at once on a batched eval env (one per env) and
     scores each by its first episode's return. Stage: ``post_steps_log``; also
     runs once at shutdown so the final policy is always evaluated.
+
+    Examples:
+        >>> from torchrl_awr import make_awr_actor, make_env
+        >>> env = make_env("CartPole-v1", num_envs=3, seed=0)
+        >>> evaluate = Evaluate(env, make_awr_actor(4, env.action_spec_unbatched), RunClock(),
+        ...                     interval=1, max_steps=500)
+        >>> returns = evaluate.episode_returns()
+        >>> returns.shape, bool((returns >= 1).all())
+        (torch.Size([3]), True)
     """
 
     def __init__(
