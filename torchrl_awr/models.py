@@ -114,7 +114,8 @@ class GaussianParams(nn.Module):
         super().__init__()
         self.mean_net = mean_net
         self.std = std
-        self.rescale = low is not None
+        # [-1, 1] bounds (most MuJoCo tasks) need no mapping: skip its three ops per forward and backward.
+        self.rescale = low is not None and not (bool((low == -1).all()) and bool((high == 1).all()))
         if self.rescale:
             self.register_buffer("mid", (high + low) / 2)
             self.register_buffer("half_range", (high - low) / 2)
