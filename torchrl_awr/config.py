@@ -25,6 +25,8 @@ class EnvConfig:
 class CollectorConfig:
     total_frames: int = 1_000_000
     frames_per_batch: int = 2048  # the original's samples per iteration
+    backend: str = "single"  # single (one Collector in this process) | multi (MultiSyncCollector, worker processes)
+    num_workers: int = 1  # worker processes with backend=multi, each stepping env.num_envs envs
 
 
 @dataclass
@@ -118,6 +120,7 @@ CHOICES = {
     "logger.mode": ("offline", "online", "disabled"),
     "device": ("cpu", "cuda", "auto"),
     "loss.advantage_stats": ("buffer", "batch"),
+    "collector.backend": ("single", "multi"),
 }
 POSITIVE = (
     "loss.beta",
@@ -126,6 +129,7 @@ POSITIVE = (
     "collector.frames_per_batch",
     "buffer.size",
     "env.num_envs",
+    "collector.num_workers",
     "optim.actor_lr",
     "optim.critic_lr",
     "optim.batch_size",
@@ -219,10 +223,11 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
     if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):
         raise ValueError(f"loss.gamma={cfg.loss.gamma!r}, loss.lmbda={cfg.loss.lmbda!r}: both must lie in [0, 1].")
-    if cfg.collector.frames_per_batch % cfg.env.num_envs:
+    envs = cfg.env.num_envs * (cfg.collector.num_workers if cfg.collector.backend == "multi" else 1)
+    if cfg.collector.frames_per_batch % envs:
         raise ValueError(
-            f"collector.frames_per_batch={cfg.collector.frames_per_batch} must be a multiple of "
-            f"env.num_envs={cfg.env.num_envs}."
+            f"collector.frames_per_batch={cfg.collector.frames_per_batch} must be a multiple of the number of envs "
+            f"stepped together ({envs} = env.num_envs x collector.num_workers)."
         )
 
 
