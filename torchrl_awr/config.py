@@ -223,11 +223,12 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
     if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):
         raise ValueError(f"loss.gamma={cfg.loss.gamma!r}, loss.lmbda={cfg.loss.lmbda!r}: both must lie in [0, 1].")
-    envs = cfg.env.num_envs * (cfg.collector.num_workers if cfg.collector.backend == "multi" else 1)
-    if cfg.collector.frames_per_batch % envs:
+    workers = cfg.collector.num_workers if cfg.collector.backend == "multi" else 1
+    if cfg.collector.frames_per_batch % (cfg.env.num_envs * workers):
+        stepped = f"env.num_envs={cfg.env.num_envs}" + (f" x collector.num_workers={workers}" if workers > 1 else "")
         raise ValueError(
-            f"collector.frames_per_batch={cfg.collector.frames_per_batch} must be a multiple of the number of envs "
-            f"stepped together ({envs} = env.num_envs x collector.num_workers)."
+            f"collector.frames_per_batch={cfg.collector.frames_per_batch} must be a multiple of the envs stepped "
+            f"together ({stepped})."
         )
 
 

@@ -108,10 +108,9 @@ class ExtendBuffer(TrainerHookBase):
 
     def __call__(self, batch: TensorDictBase) -> None:
         batch = _valid(batch).exclude(*self.exclude)
-        reward = batch.get(("next", "reward"))
         for key in self.target_keys:
             if key not in batch.keys(True):
-                batch.set(key, torch.zeros_like(reward))
+                batch.set(key, torch.zeros(*batch.batch_size, 1, device=batch.device))
         self.replay_buffer.extend(batch)
 
     def state_dict(self) -> dict[str, Any]:
