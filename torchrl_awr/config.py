@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -241,4 +241,5 @@ def to_flat_dict(cfg: DictConfig) -> dict[str, object]:
         >>> to_flat_dict(load_config([]))["loss.beta"]
         1.0
     """
-    return {key: OmegaConf.to_container(cfg, resolve=True) and OmegaConf.select(cfg, key) for key in all_keys(cfg)}
+    values = {key: OmegaConf.select(cfg, key) for key in all_keys(cfg)}
+    return {key: OmegaConf.to_container(v) if isinstance(v, ListConfig) else v for key, v in values.items()}
