@@ -33,6 +33,9 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"train_mujoco.py: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ntrain_mujoco.py: interrupted; continue with: resume={output_dir}", file=sys.stderr)
+        return 130
     except FloatingPointError as err:
         print(
             f"train_mujoco.py: error: training diverged ({str(err).rstrip('.')}); checkpoints from before it are in "

@@ -184,3 +184,31 @@ def test_divergence_is_one_line_and_keeps_checkpoints(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert "training diverged" in last and "non-finite" in last and str(out / "checkpoints") in last
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "env.name=Pendulum-v1",
+            "collector.total_frames=100000",
+            "checkpoint.interval=1",
+            f"output_dir={out}",
+            *FAST,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("checkpoint-*")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == f"train_mujoco.py: interrupted; continue with: resume={out}"
+    assert "Traceback" not in stderr
