@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig
-from torchrl.collectors import BaseCollector, Collector
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
 
+from torchrl_awr.collectors import make_collector  # noqa: F401 - re-exported: builders stay one import
 from torchrl_awr.config import to_flat_dict
-from torchrl_awr.envs import make_env
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
 
@@ -84,27 +82,6 @@ def make_replay_buffer(cfg: DictConfig, output_dir: Path, device: torch.device) 
     else:
         storage = LazyTensorStorage(cfg.buffer.size, device=device)
     return TensorDictReplayBuffer(storage=storage)
-
-
-def make_collector(cfg: DictConfig, env: EnvBase, policy: torch.nn.Module) -> BaseCollector:
-    """TorchRL's :class:`~torchrl.collectors.Collector`, running forever (the trainer stops at ``total_frames``).
-
-    ``collector.backend=single`` steps ``env`` in this process; ``multi`` runs ``collector.num_workers`` worker
-    processes (a ``MultiSyncCollector``), each building its own env from the config, and returns their batches
-    together. Either way the policy, observation normaliser included, reaches the workers through TorchRL's
-    weight-update mechanism (``update_policy_weights_``) after every actor phase.
-    """
-    common = {
-        "frames_per_batch": cfg.collector.frames_per_batch,
-        "total_frames": -1,
-        "auto_register_policy_transforms": False,
-    }
-    if cfg.collector.backend == "single":
-        return Collector(env, policy, **common)
-    make_worker_env = partial(make_env, cfg.env.name, num_envs=cfg.env.num_envs)
-    return Collector(
-        make_worker_env, policy, backend="process", num_collectors=cfg.collector.num_workers, sync=True, **common
-    )
 
 
 def max_episode_steps(env_name: str) -> int:

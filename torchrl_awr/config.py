@@ -25,8 +25,9 @@ class EnvConfig:
 class CollectorConfig:
     total_frames: int = 1_000_000
     frames_per_batch: int = 2048  # the original's samples per iteration
-    backend: str = "single"  # single (one Collector in this process) | multi (MultiSyncCollector, worker processes)
-    num_workers: int = 1  # worker processes with backend=multi, each stepping env.num_envs envs
+    backend: str = "single"  # single (this process) | multi (worker processes) | ray (Ray actors); collectors.py
+    num_workers: int = 1  # workers with backend=multi|ray, each stepping env.num_envs envs
+    ray_address: str = ""  # backend=ray: empty starts a local Ray instance; auto | ray://host:port joins a cluster
 
 
 @dataclass
@@ -120,7 +121,7 @@ CHOICES = {
     "logger.mode": ("offline", "online", "disabled"),
     "device": ("cpu", "cuda", "auto"),
     "loss.advantage_stats": ("buffer", "batch"),
-    "collector.backend": ("single", "multi"),
+    "collector.backend": ("single", "multi", "ray"),
 }
 POSITIVE = (
     "loss.beta",
@@ -223,7 +224,7 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
     if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):
         raise ValueError(f"loss.gamma={cfg.loss.gamma!r}, loss.lmbda={cfg.loss.lmbda!r}: both must lie in [0, 1].")
-    workers = cfg.collector.num_workers if cfg.collector.backend == "multi" else 1
+    workers = cfg.collector.num_workers if cfg.collector.backend in ("multi", "ray") else 1
     if cfg.collector.frames_per_batch % (cfg.env.num_envs * workers):
         stepped = f"env.num_envs={cfg.env.num_envs}" + (f" x collector.num_workers={workers}" if workers > 1 else "")
         raise ValueError(
