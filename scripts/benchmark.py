@@ -10,6 +10,9 @@ Sections (``--sections``, comma-separated):
   ``AWRLoss.actor_loss``/``value_loss`` + SGD, minibatches indexed out of a 50k TensorDict snapshot
   as ``RegressionPhase`` does, against the same math in plain PyTorch on plain tensors (same
   weights: the plain nets are loaded from ours, and the two losses are checked to agree).
+* ``learner``: a whole learner phase (200 critic + 1000 actor steps, 50k buffer) through the
+  ``RegressionPhase`` hooks, eager on the CPU and, with ``device=cuda``, eager and CUDA-graphed
+  (``--compile`` adds ``torch.compile``), against plain-PyTorch phases on the same device.
 * ``relabel``: ``torchrl_awr.relabel`` over a full (wrapped) 50k-transition buffer.
 * ``collection``: frames/s of our collector against raw gymnasium loops with random actions.
 * ``iteration``: a full AWR iteration through ``build_trainer`` with a full 50k buffer, its split,
@@ -23,6 +26,7 @@ goes to stdout, the JSON to ``--json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import io
 import json
@@ -48,13 +52,13 @@ from torch import nn
 from torchrl.envs import ObservationNorm
 
 from torchrl_awr import relabel
-from torchrl_awr.builders import make_collector, make_loss, make_optimizers, make_replay_buffer
+from torchrl_awr.builders import make_collector, make_loss, make_optimizers, make_replay_buffer, resolve_device
 from torchrl_awr.config import load_config
 from torchrl_awr.envs import make_env
 from torchrl_awr.experiment import build_trainer
-from torchrl_awr.hooks import RegressionPhase
+from torchrl_awr.hooks import RegressionPhase, shuffled_indices
 
-SECTIONS = ("update", "relabel", "collection", "iteration")
+SECTIONS = ("update", "learner", "relabel", "collection", "iteration")
 ENV_NAME = "HalfCheetah-v5"
 BUFFER_SIZE = 50_000
 EPISODE_LEN = 1000
@@ -137,6 +141,16 @@ class PlainAWR:
         self.actor_opt = torch.optim.SGD(self.actor.parameters(), lr=cfg.optim.actor_lr, momentum=cfg.optim.momentum)
         self.critic_opt = torch.optim.SGD(self.critic.parameters(), lr=cfg.optim.critic_lr, momentum=cfg.optim.momentum)
 
+    def to(self, device: torch.device) -> PlainAWR:
+        """A copy on ``device`` with fresh optimizers."""
+        other = copy.copy(self)
+        for name in ("loc", "scale", "mid", "half", "var", "log_std"):
+            setattr(other, name, getattr(self, name).to(device))
+        other.actor, other.critic = copy.deepcopy(self.actor).to(device), copy.deepcopy(self.critic).to(device)
+        other.actor_opt = torch.optim.SGD(other.actor.parameters(), **self.actor_opt.defaults)
+        other.critic_opt = torch.optim.SGD(other.critic.parameters(), **self.critic_opt.defaults)
+        return other
+
     @staticmethod
     def _copy(layers: list[nn.Linear]) -> nn.Sequential:
         mods: list[nn.Module] = []
@@ -164,21 +178,10 @@ class PlainAWR:
         return (0.5 * ((target - value) / self.value_scale).pow(2)).mean()
 
 
-def _perm_slices(n: int, batch_size: int, steps: int):
-    """Shuffled passes over ``n`` items, as ``shuffled_minibatches`` draws them."""
-    per_pass = n // batch_size
-    perm = torch.empty(0, dtype=torch.long)
-    for step in range(steps):
-        if step % per_pass == 0:
-            perm = torch.randperm(n)
-        start = (step % per_pass) * batch_size
-        yield perm[start : start + batch_size]
-
-
 def ours_phase(loss_fn, data: TensorDict, optimizer, steps: int, batch_size: int) -> None:
     """RegressionPhase's inner loop: TensorDict minibatch, loss method, SGD, running metric sums."""
     totals: dict = {}
-    for idx in _perm_slices(data.shape[0], batch_size, steps):
+    for idx in shuffled_indices(data.shape[0], batch_size, steps, data.device):
         loss, metadata = loss_fn(data[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,7 +192,7 @@ def ours_phase(loss_fn, data: TensorDict, optimizer, steps: int, batch_size: int
 
 def plain_phase(loss_fn, tensors: tuple, optimizer, steps: int, batch_size: int) -> None:
     total = 0.0
-    for idx in _perm_slices(tensors[0].shape[0], batch_size, steps):
+    for idx in shuffled_indices(tensors[0].shape[0], batch_size, steps, tensors[0].device):
         loss = loss_fn(*(t[idx] for t in tensors))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -673,6 +676,73 @@ def bench_iteration(args, tmpdir: Path) -> dict:
     }
 
 
+def bench_learner(args, tmpdir: Path) -> dict:
+    """One AWR learner phase (critic_steps + actor_steps over a full 50k buffer) per device and update variant.
+
+    Variants: ``RegressionPhase`` eager on the CPU (the reference), eager on the config's device, and where that
+    is a GPU, with ``compile`` / ``cudagraphs``; the plain-PyTorch phases on the same device as the baseline.
+    ``--compile`` adds the compiled variant on the config's device (on a CPU its compile takes about a minute).
+    """
+    cfg = base_config(*(["optim.actor_steps=100", "optim.critic_steps=20"] if args.quick else []))
+    device = resolve_device(cfg.device)
+    s = setup_update(cfg, tmpdir)
+    obs, action, advantage, value_target = s["tensors"]
+    variants: list[tuple[str, torch.device, dict]] = [("eager", torch.device("cpu"), {})]
+    if args.compile and device.type == "cpu":
+        variants.append(("compile", device, {"compile": True}))
+    if device.type == "cuda":
+        variants += [("eager", device, {}), ("cudagraphs", device, {"cudagraphs": True})]
+        if args.compile:
+            variants.append(("compile+cudagraphs", device, {"compile": True, "cudagraphs": True}))
+
+    def sync(dev: torch.device) -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def timed_phase(run, dev: torch.device) -> list[float]:
+        run()  # warm-up: compiles and captures
+        out = []
+        for _ in range(args.repeats):
+            sync(dev)
+            start = time.perf_counter()
+            run()
+            sync(dev)
+            out.append(time.perf_counter() - start)
+        return out
+
+    results: dict = {"critic_steps": cfg.optim.critic_steps, "actor_steps": cfg.optim.actor_steps, "variants": {}}
+    for dev in dict.fromkeys(d for _, d, _ in variants):
+        plain = s["plain"].to(dev)
+        tensors = tuple(t.to(dev) for t in (obs, action, advantage, value_target))
+
+        def plain_learner(plain=plain, t=tensors) -> None:
+            plain_phase(plain.value_loss, (t[0], t[3]), plain.critic_opt, cfg.optim.critic_steps, cfg.optim.batch_size)
+            plain_phase(plain.actor_loss, t[:3], plain.actor_opt, cfg.optim.actor_steps, cfg.optim.batch_size)
+
+        results[f"plain_{dev.type}_s"] = statistics.median(timed_phase(plain_learner, dev))
+    for name, dev, kwargs in variants:
+        loss = copy.deepcopy(s["loss"]).to(dev)
+        vcfg = base_config(f"optim.cudagraphs={bool(kwargs.get('cudagraphs'))}", f"device={dev.type}")
+        actor_opt, critic_opt = make_optimizers(vcfg, loss)
+        buffer = make_replay_buffer(cfg, tmpdir, dev)
+        buffer.extend(s["buffer"].storage.get(torch.arange(len(s["buffer"]))))
+        phases = [
+            RegressionPhase(phase, fn, keys, buffer, opt, steps, cfg.optim.batch_size, **kwargs)
+            for phase, fn, keys, opt, steps in (
+                ("critic_phase", loss.value_loss, s["critic_keys"], critic_opt, cfg.optim.critic_steps),
+                ("actor_phase", loss.actor_loss, s["actor_keys"], actor_opt, cfg.optim.actor_steps),
+            )
+        ]
+        log(f"learner: {name} on {dev} ...")
+        times = timed_phase(lambda phases=phases: [phase() for phase in phases], dev)
+        results["variants"][f"{name}_{dev.type}"] = {
+            "s": statistics.median(times),
+            "s_all": times,
+            "plain_s": results[f"plain_{dev.type}_s"],
+        }
+    return results
+
+
 # ----------------------------------------------------------------------------- report
 def fmt(x: float | None, digits: int = 3) -> str:
     if x is None:
@@ -706,6 +776,12 @@ def table(results: dict) -> str:
             r["hook_ratio"],
             "ms/step",
         )
+    if "learner" in results:
+        r = results["learner"]
+        steps = f"{r['critic_steps']} critic + {r['actor_steps']} actor steps"
+        for name, v in r["variants"].items():
+            row("learner", f"learner phase ({steps}), {name} vs plain PyTorch eager there", v["s"], v["plain_s"],
+                v["s"] / v["plain_s"], "s")
     if "relabel" in results:
         r = results["relabel"]
         row("relabel", f"relabel over {r['buffer_size']:,} transitions", r["ms"], unit="ms")
@@ -770,6 +846,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="also cProfile our update step, relabel and collector; print the top N functions",
     )
+    parser.add_argument("--compile", action="store_true", help="learner: add the torch.compile variants")
     parser.add_argument("overrides", nargs="*", help="config overrides for every section, e.g. env.num_envs=16")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -801,6 +878,7 @@ def main(argv: list[str]) -> int:
     print(header, flush=True)
     benches = {
         "update": bench_update,
+        "learner": bench_learner,
         "relabel": bench_relabel,
         "collection": bench_collection,
         "iteration": bench_iteration,

@@ -18,7 +18,7 @@ from torchrl_awr.hooks import (
     RegressionPhase,
     RunClock,
     UpdateObservationNorm,
-    shuffled_minibatches,
+    shuffled_indices,
 )
 
 
@@ -105,41 +105,37 @@ def test_observation_norm_state_dict_round_trip():
     assert not torch.equal(hook_b.total, state["total"])
 
 
-# ----------------------------------------------------------------------------------- shuffled_minibatches
+# ----------------------------------------------------------------------------------- shuffled_indices
 
 
 def test_minibatches_cover_every_element_once_per_pass():
-    data = TensorDict(x=torch.arange(12), batch_size=[12])
-    batches = list(shuffled_minibatches(data, batch_size=4, steps=9))
+    batches = list(shuffled_indices(12, batch_size=4, steps=9))
     assert len(batches) == 9
-    assert all(b.batch_size == torch.Size([4]) for b in batches)
-    passes = [torch.cat([b["x"] for b in batches[p * 3 : (p + 1) * 3]]) for p in range(3)]
+    assert all(b.shape == torch.Size([4]) and b.dtype == torch.long for b in batches)
+    passes = [torch.cat(batches[p * 3 : (p + 1) * 3]) for p in range(3)]
     for seen in passes:
         assert sorted(seen.tolist()) == list(range(12))
     assert not all(torch.equal(passes[0], p) for p in passes[1:])  # a new permutation per pass
 
 
 def test_minibatches_with_remainder_never_repeat_within_a_pass():
-    data = TensorDict(x=torch.arange(10), batch_size=[10])
-    batches = list(shuffled_minibatches(data, batch_size=3, steps=7))  # 3 per pass: 3 + 3 + 1
+    batches = list(shuffled_indices(10, batch_size=3, steps=7))  # 3 per pass: 3 + 3 + 1
     assert len(batches) == 7
     assert [len(b) for b in batches] == [3] * 7
     for p in range(2):
-        seen = torch.cat([b["x"] for b in batches[p * 3 : (p + 1) * 3]]).tolist()
+        seen = torch.cat(batches[p * 3 : (p + 1) * 3]).tolist()
         assert len(set(seen)) == 9
 
 
 def test_minibatches_exact_steps_and_whole_data():
-    data = TensorDict(x=torch.arange(5), batch_size=[5])
-    assert list(shuffled_minibatches(data, batch_size=2, steps=0)) == []
-    batches = list(shuffled_minibatches(data, batch_size=5, steps=2))
-    assert [sorted(b["x"].tolist()) for b in batches] == [[0, 1, 2, 3, 4]] * 2
+    assert list(shuffled_indices(5, batch_size=2, steps=0)) == []
+    batches = list(shuffled_indices(5, batch_size=5, steps=2))
+    assert [sorted(b.tolist()) for b in batches] == [[0, 1, 2, 3, 4]] * 2
 
 
 def test_minibatches_reject_batch_larger_than_data():
-    data = TensorDict(x=torch.arange(5), batch_size=[5])
     with pytest.raises(ValueError, match="batch_size=6"):
-        next(shuffled_minibatches(data, batch_size=6, steps=1))
+        next(shuffled_indices(5, batch_size=6, steps=1))
 
 
 # ------------------------------------------------------------------------------------------- Evaluate
@@ -384,6 +380,122 @@ def test_regression_phase_state_dict_is_the_optimizer_state():
     state = phase.state_dict()
     assert state["param_groups"][0]["lr"] == pytest.approx(0.1)
     assert "momentum_buffer" in state["state"][0]
+
+
+def test_regression_phase_rejects_non_finite_buffer_entries():
+    phase, optimizer, *_ = regression_setup(steps=2)
+    phase.replay_buffer.storage._storage["y"][3] = float("nan")
+    with pytest.raises(ValueError, match=r"critic_phase: non-finite values in replay buffer entries \['y'\]"):
+        phase()
+    assert optimizer.calls == 0
+
+
+def test_regression_phase_follows_the_buffer_across_phases():
+    """The phase buffer has fixed addresses (as a captured graph needs) and holds the buffer's newest content."""
+    phase, optimizer, weight, record, trainer = regression_setup(steps=1, n=8, batch_size=8)
+    phase()
+    data, address = phase._data, phase._data["x"].data_ptr()
+    phase.replay_buffer.extend(TensorDict(x=torch.full((8, 1), 2.0), y=torch.zeros(8, 1), batch_size=[8]))
+    phase()
+    assert phase._data is data and data["x"].data_ptr() == address and data.shape == (64,)
+    torch.testing.assert_close(data["x"][8:16], torch.full((8, 1), 2.0))
+    assert len(record) == 2
+
+
+def test_regression_phase_cudagraphs_needs_cuda():
+    phase, optimizer, *_ = regression_setup(steps=1)
+    with pytest.raises(ValueError, match="cudagraphs=True needs a CUDA device, got device='cpu'"):
+        RegressionPhase("critic_phase", phase.loss_fn, ["x", "y"], phase.replay_buffer, optimizer, 1, 8,
+                        cudagraphs=True)
+
+
+# ------------------------------------------------------------------- compiled and captured updates
+
+
+def awr_phases(device: str, optimizer: str, **kwargs):
+    """Both AWR phases on a fixed HalfCheetah-sized buffer (128 transitions), built identically for each call."""
+    torch.manual_seed(0)
+    from torchrl.data import Bounded
+
+    from torchrl_awr import AWRLoss, make_awr_value
+
+    action_spec = Bounded(-1.0, 1.0, shape=(6,))
+    norm = make_observation_norm(17)
+    loss = AWRLoss(
+        make_awr_actor(17, action_spec, hidden_sizes=(32, 16), observation_norm=norm),
+        make_awr_value(17, hidden_sizes=(32, 16), observation_norm=norm),
+        action_bound_penalty=10.0,
+        action_spec=action_spec,
+    ).to(device)
+    n = 128
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(256, device=device))
+    rb.extend(
+        TensorDict(
+            observation=torch.randn(n, 17),
+            action=torch.rand(n, 6) * 2 - 1,
+            advantage=torch.randn(n, 1),
+            value_target=torch.randn(n, 1) * 5,
+            batch_size=[n],
+        )
+    )
+
+    def make_opt(module):
+        if optimizer == "adam":
+            return torch.optim.Adam(module.parameters(), lr=1e-3, capturable=kwargs.get("cudagraphs", False))
+        return torch.optim.SGD(module.parameters(), lr=1e-2, momentum=0.9)
+
+    keys = loss.tensor_keys
+    critic = RegressionPhase("critic_phase", loss.value_loss, ["observation", keys.value_target], rb,
+                             make_opt(loss.value_network), 12, 32, **kwargs)
+    actor = RegressionPhase("actor_phase", loss.actor_loss, ["observation", keys.action, keys.advantage], rb,
+                            make_opt(loss.actor_network), 12, 32, **kwargs)
+    critic._trainer = actor._trainer = DummyTrainer()
+    return loss, critic, actor
+
+
+def run_phases(device: str, optimizer: str = "sgd", repeats: int = 2, **kwargs):
+    """Parameters and logged metrics after ``repeats`` rounds of both phases (12 steps each), fixed seeds."""
+    loss, critic, actor = awr_phases(device, optimizer, **kwargs)
+    for _ in range(repeats):
+        critic()
+        actor()
+    params = {k: v.detach().cpu() for k, v in loss.named_parameters()}
+    return params, critic._trainer.logged
+
+
+def assert_same_updates(ours, eager, rtol: float, atol: float):
+    ours_params, ours_logs = ours
+    eager_params, eager_logs = eager
+    for name in eager_params:
+        torch.testing.assert_close(ours_params[name], eager_params[name], rtol=rtol, atol=atol, msg=name)
+    assert len(ours_logs) == len(eager_logs) == 4
+    for got, want in zip(ours_logs, eager_logs, strict=True):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=rtol * 10, abs=atol * 10), key
+
+
+def test_compiled_update_matches_eager_on_cpu():
+    eager = run_phases("cpu")
+    moved = {k: v for k, v in awr_phases("cpu", "sgd")[0].named_parameters()}
+    assert any(not torch.equal(eager[0][k], moved[k].detach()) for k in moved)  # the phases did train
+    assert_same_updates(run_phases("cpu", compile=True), eager, rtol=1e-5, atol=1e-6)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("compile", [False, True])
+def test_cudagraph_update_matches_eager_on_cuda(optimizer, compile):
+    eager = run_phases("cuda", optimizer)
+    assert_same_updates(run_phases("cuda", optimizer, compile=compile, cudagraphs=True), eager, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_cuda_update_matches_cpu():
+    assert_same_updates(run_phases("cuda"), run_phases("cpu"), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ logging helpers

@@ -62,12 +62,15 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
 
 
 def make_optimizers(cfg: DictConfig, loss: AWRLoss) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """``(actor_optimizer, critic_optimizer)``: SGD with momentum (the original) or Adam."""
+    """``(actor_optimizer, critic_optimizer)``: SGD with momentum (the original) or Adam.
+
+    Adam keeps its step count on the device (``capturable``) when the update is captured as a CUDA graph.
+    """
 
     def make(params, lr: float) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad]
         if cfg.optim.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr)
+            return torch.optim.Adam(params, lr=lr, capturable=cfg.optim.cudagraphs)
         return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum)
 
     return make(loss.actor_network.parameters(), cfg.optim.actor_lr), make(

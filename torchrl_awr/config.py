@@ -34,6 +34,7 @@ class CollectorConfig:
 class BufferConfig:
     size: int = 50_000
     storage: str = "tensor"  # tensor | memmap
+    save: bool = False  # dump the final buffer to <output_dir>/replay_buffer (train_offline.py dataset.source=buffer)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class OptimConfig:
     actor_steps: int = 1000
     critic_steps: int = 200
     batch_size: int = 256
+    compile: bool = False  # torch.compile each phase's update step
+    cudagraphs: bool = False  # capture each phase's update step as a CUDA graph (device=cuda)
 
 
 @dataclass
@@ -88,6 +91,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """Offline data for ``scripts/train_offline.py`` (``torchrl_awr.offline``)."""
+
+    source: str = "buffer"  # buffer (a buffer.save dir) | minari (a local Minari root) | hdf5 (a D4RL-style file)
+    path: str = ""  # the run's output dir or its replay_buffer/; the Minari datasets root; the .hdf5 file
+    name: str = ""  # source=minari: the dataset id under path (e.g. pendulum/mixed-v0)
+
+
+@dataclass
+class OfflineConfig:
+    steps: int = 100_000  # policy gradient steps (each round: critic_steps critic + actor_steps actor steps)
+    algo: str = "awr"  # awr | bc (behaviour cloning with TorchRL's BCLoss, the baseline AWR must beat)
+    relabel: str = "refresh"  # refresh (TD(lambda) targets recomputed before each phase, as online) | once
+
+
+@dataclass
 class AWRConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
@@ -98,6 +117,8 @@ class AWRConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     seed: int = 0
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
@@ -121,6 +142,9 @@ CHOICES = {
     "logger.mode": ("offline", "online", "disabled"),
     "device": ("cpu", "cuda", "auto"),
     "loss.advantage_stats": ("buffer", "batch"),
+    "dataset.source": ("buffer", "minari", "hdf5"),
+    "offline.algo": ("awr", "bc"),
+    "offline.relabel": ("refresh", "once"),
     "collector.backend": ("single", "multi", "ray"),
 }
 POSITIVE = (
@@ -139,6 +163,7 @@ POSITIVE = (
     "eval.episodes",
     "checkpoint.interval",
     "checkpoint.keep_last",
+    "offline.steps",
 )
 
 
@@ -224,6 +249,8 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
     if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):
         raise ValueError(f"loss.gamma={cfg.loss.gamma!r}, loss.lmbda={cfg.loss.lmbda!r}: both must lie in [0, 1].")
+    if cfg.optim.cudagraphs and cfg.device == "cpu":
+        raise ValueError("optim.cudagraphs=true captures CUDA graphs: it needs device=cuda (or auto on a GPU machine).")
     workers = cfg.collector.num_workers if cfg.collector.backend in ("multi", "ray") else 1
     if cfg.collector.frames_per_batch % (cfg.env.num_envs * workers):
         stepped = f"env.num_envs={cfg.env.num_envs}" + (f" x collector.num_workers={workers}" if workers > 1 else "")

@@ -2,11 +2,13 @@
 
 The output directory holds ``config.yaml`` (the resolved config), ``eval.csv``
 (one row per evaluation), ``checkpoints/``, ``policy.pt`` (the final actor's
-state dict, observation normaliser included) and ``summary.json``.
+state dict, observation normaliser included), ``summary.json`` and, with
+``buffer.save=true``, ``replay_buffer/`` (the final buffer, ``ReplayBuffer.dumps``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -69,12 +71,18 @@ def build_trainer(
     """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if cfg.optim.cudagraphs and device.type != "cuda":
+        raise ValueError(f"optim.cudagraphs=true needs a CUDA device; device={cfg.device!r} resolved to {device}.")
     env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
-    loss = make_loss(cfg, env).to(device)
+    loss = make_loss(cfg, env)
+    # Environments step on the CPU: a learner on a GPU acts through a CPU copy of its policy, which
+    # UpdateWeights refreshes after every actor phase (a GPU policy per env step costs a transfer each way).
+    acting_policy = copy.deepcopy(loss.actor_network) if device.type != "cpu" else loss.actor_network
+    loss = loss.to(device)
     actor_optim, critic_optim = make_optimizers(cfg, loss)
     replay_buffer = make_replay_buffer(cfg, output_dir, device)
     trainer = AWRTrainer(
-        collector=make_collector(cfg, env, loss.actor_network),
+        collector=make_collector(cfg, env, acting_policy),
         loss_module=loss,
         replay_buffer=replay_buffer,
         actor_optimizer=actor_optim,
@@ -93,14 +101,17 @@ def build_trainer(
         logger=make_logger(cfg, output_dir, tags),
         progress_bar=progress_bar,
         seed=cfg.seed,
+        compile=cfg.optim.compile,
+        cudagraphs=cfg.optim.cudagraphs,
     )
     evaluator = Evaluate(
         make_env(cfg.env.name, num_envs=cfg.eval.episodes, seed=cfg.seed + 10_000),
-        loss.actor_network,
+        acting_policy,
         trainer.clock,
         interval=cfg.eval.interval,
         max_steps=max_episode_steps(cfg.env.name),
         csv_path=output_dir / "eval.csv",
+        source=loss.actor_network,
     )
     evaluator.register(trainer)
     return trainer, evaluator
@@ -121,6 +132,8 @@ def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list
         trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
     trainer.train()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
+    if cfg.buffer.save:  # the final buffer, for scripts/train_offline.py dataset.source=buffer dataset.path=<output_dir>
+        trainer.replay_buffer.dumps(output_dir / "replay_buffer")
     final = evaluator.history[-1]
     summary = {
         "env": cfg.env.name,

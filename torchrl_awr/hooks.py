@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import CudaGraphModule
 from torch import Tensor
 from torchrl.data import ReplayBuffer
 from torchrl.envs import EnvBase, ObservationNorm
@@ -175,27 +176,28 @@ class RelabelTargets(TrainerHookBase):
         trainer.register_op("pre_optim_steps", self)
 
 
-def shuffled_minibatches(data: TensorDictBase, batch_size: int, steps: int) -> Iterator[TensorDictBase]:
-    """``steps`` minibatches drawn by shuffled passes over ``data`` (a new permutation per pass).
+def shuffled_indices(
+    n: int, batch_size: int, steps: int, device: torch.device | str | None = None
+) -> Iterator[Tensor]:
+    """``steps`` minibatch index tensors from shuffled passes over ``range(n)`` (a new permutation per pass).
+
+    The original's sampling: every element once per pass; a pass's remainder
+    (``n % batch_size`` elements) is skipped, so every minibatch has ``batch_size`` indices.
 
     Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> data = TensorDict(x=torch.arange(6), batch_size=[6])
-        >>> batches = list(shuffled_minibatches(data, 3, 4))
-        >>> [len(b) for b in batches], sorted(torch.cat([b["x"] for b in batches[:2]]).tolist())
+        >>> batches = list(shuffled_indices(6, 3, 4))
+        >>> [len(b) for b in batches], sorted(torch.cat(batches[:2]).tolist())
         ([3, 3, 3, 3], [0, 1, 2, 3, 4, 5])
     """
-    n = data.shape[0]
     if n < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} transitions in the buffer.")
     per_pass = n // batch_size
     perm = torch.empty(0, dtype=torch.long)
     for step in range(steps):
         if step % per_pass == 0:
-            perm = torch.randperm(n, device=data.device)
+            perm = torch.randperm(n, device=device)
         start = (step % per_pass) * batch_size
-        yield data[perm[start : start + batch_size]]
+        yield perm[start : start + batch_size]
 
 
 class RegressionPhase(TrainerHookBase):
@@ -203,10 +205,19 @@ class RegressionPhase(TrainerHookBase):
 
     ``loss_fn`` is :meth:`AWRLoss.value_loss` (critic phase) or
     :meth:`AWRLoss.actor_loss` (actor phase); each returns ``(loss, metadata)``.
-    Minibatches are shuffled passes over the buffer's current content, read
-    once per phase for the keys the loss needs (one gather instead of a
-    ``ReplayBuffer.sample`` call per step). The averaged loss and metadata are
-    logged under ``<name>/``. Stage: ``pre_optim_steps``.
+    At the start of a phase the buffer's ``keys`` are copied once into a
+    phase buffer of the replay buffer's capacity on ``device`` (checked for
+    non-finite values there), and minibatches are drawn from it by shuffled
+    passes. The averaged loss and metadata are logged under ``<name>/``;
+    a non-finite average raises :class:`FloatingPointError`. Stage: ``pre_optim_steps``.
+
+    One update (minibatch gather, loss, backward, optimizer step and the
+    running metric sums) is a single function of the minibatch indices, so it
+    can be compiled (``compile=True``: :func:`torch.compile`) and captured as a
+    CUDA graph (``cudagraphs=True``: :class:`tensordict.nn.CudaGraphModule`,
+    CUDA only), as TorchRL's sota-implementations do. The phase buffer keeps
+    fixed addresses across phases, which the captured graph reads. With Adam,
+    build the optimizer with ``capturable=True`` for CUDA graphs.
 
     Examples:
         >>> import torch
@@ -237,6 +248,10 @@ class RegressionPhase(TrainerHookBase):
         steps: int,
         batch_size: int,
         clip_grad_norm: float | None = None,
+        *,
+        device: torch.device | str | None = None,
+        compile: bool = False,
+        cudagraphs: bool = False,
     ) -> None:
         self.name = name
         self.loss_fn = loss_fn
@@ -247,24 +262,55 @@ class RegressionPhase(TrainerHookBase):
         self.batch_size = batch_size
         self.clip_grad_norm = clip_grad_norm
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.device = torch.device(device) if device is not None else self.params[0].device
+        if cudagraphs and self.device.type != "cuda":
+            raise ValueError(f"{name}: cudagraphs=True needs a CUDA device, got device={str(self.device)!r}.")
+        self._data: TensorDictBase | None = None
+        self._totals: dict[str, Tensor] | None = None
+        self._optim_step = torch.compile(self._eager_optim_step) if compile else self._eager_optim_step
+        # A compiled step recompiles once when the optimizer state appears: capture after that.
+        self._update = CudaGraphModule(self._step, warmup=4 if compile else 2) if cudagraphs else self._step
         self._trainer: Trainer | None = None
+
+    def _eager_optim_step(self, index: Tensor) -> dict[str, Tensor]:
+        loss, metadata = self.loss_fn(self._data[index])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        self.optimizer.step()
+        return {"loss": loss.detach(), **metadata}
+
+    def _step(self, index: Tensor) -> None:
+        metrics = self._optim_step(index)
+        if self._totals is None:
+            self._totals = {key: torch.zeros_like(value) for key, value in metrics.items()}
+        torch._foreach_add_(list(self._totals.values()), list(metrics.values()))
+
+    def _load(self) -> int:
+        """Copy the buffer's ``keys`` into the fixed phase buffer; returns the number of transitions."""
+        storage = self.replay_buffer.storage
+        data = storage.get(chronological_indices(self.replay_buffer)).select(*self.keys)
+        bad = [key for key, value in data.items(True, True) if not torch.isfinite(value).all()]
+        if bad:
+            raise ValueError(f"{self.name}: non-finite values in replay buffer entries {bad}; they must be finite.")
+        if self._data is None:
+            self._data = data[0].to(self.device).expand(storage.max_size).clone()
+        n = data.shape[0]
+        self._data[:n].update_(data)
+        return n
 
     def __call__(self) -> None:
         if self.steps == 0:
             return
-        storage = self.replay_buffer.storage
-        data = storage.get(chronological_indices(self.replay_buffer)).select(*self.keys)
-        totals: dict[str, Tensor] = {}
-        for batch in shuffled_minibatches(data, self.batch_size, self.steps):
-            loss, metadata = self.loss_fn(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
-            self.optimizer.step()
-            for key, value in (("loss", loss.detach()), *metadata.items()):
-                totals[key] = totals.get(key, 0.0) + value
-        metrics = {f"{self.name}/{k}": (v / self.steps).item() for k, v in totals.items()}
+        n = self._load()
+        if self._totals is not None:
+            torch._foreach_zero_(list(self._totals.values()))
+        for index in shuffled_indices(n, self.batch_size, self.steps, self.device):
+            self._update(index)
+        names = list(self._totals)
+        means = (torch.stack([self._totals[k].float() for k in names]) / self.steps).tolist()  # one sync per phase
+        metrics = {f"{self.name}/{k}": v for k, v in zip(names, means, strict=True)}
         if not math.isfinite(metrics[f"{self.name}/loss"]):
             raise FloatingPointError(f"{self.name}: the loss became non-finite ({metrics[f'{self.name}/loss']}).")
         if self._trainer is not None:
@@ -356,7 +402,9 @@ class Evaluate(TrainerHookBase):
 
     Runs ``episodes`` episodes at once on a batched eval env (one per env) and
     scores each by its first episode's return. Stage: ``post_steps_log``; also
-    runs once at shutdown so the final policy is always evaluated.
+    runs once at shutdown so the final policy is always evaluated. With
+    ``source`` (a learner on a GPU), its weights are copied into ``policy``
+    (a CPU copy acting in the CPU env) before each evaluation.
 
     Examples:
         >>> from torchrl_awr import make_awr_actor, make_env
@@ -378,9 +426,11 @@ class Evaluate(TrainerHookBase):
         max_steps: int,
         csv_path: str | Path | None = None,
         return_key: tuple = ("next", "episode_reward"),
+        source: torch.nn.Module | None = None,
     ) -> None:
         self.env = env
         self.policy = policy
+        self.source = source
         self.clock = clock
         self.interval = interval
         self.max_steps = max_steps
@@ -393,6 +443,8 @@ class Evaluate(TrainerHookBase):
     @torch.no_grad()
     def episode_returns(self) -> Tensor:
         """Return of the first episode of each eval env under the deterministic policy."""
+        if self.source is not None:
+            TensorDict.from_module(self.policy).data.update_(TensorDict.from_module(self.source).data)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             rollout = self.env.rollout(self.max_steps, self.policy, break_when_any_done=False, break_when_all_done=True)
         rollout = rollout.reshape(*self.env.batch_size, -1)  # [envs, T]

@@ -79,6 +79,8 @@ def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
 
 
 def _check_finite(tensor: Tensor, key: NestedKey) -> None:
+    if torch.compiler.is_compiling() or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return  # no data-dependent branch in a compiled or CUDA-graph-captured step: RegressionPhase checks its data
     if not torch.isfinite(tensor).all():
         bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
         raise ValueError(f"AWRLoss: non-finite value {bad} in {key!r}; the batch must hold finite numbers only.")

@@ -73,6 +73,10 @@ class AWRTrainer(Trainer):
         logger: a :mod:`torchrl.record.loggers` logger.
         progress_bar: show a tqdm bar.
         seed: seed for torch, numpy and the collector.
+        compile: compile each phase's update step with :func:`torch.compile`.
+        cudagraphs: capture each phase's update step as a CUDA graph (the loss on a CUDA device; with Adam,
+            ``capturable=True``). The collector's policy may live elsewhere (a CPU copy):
+            :class:`~torchrl.trainers.UpdateWeights` copies the learner's weights into it.
 
     Examples:
         >>> import torch
@@ -119,6 +123,8 @@ class AWRTrainer(Trainer):
         logger: Logger | None = None,
         progress_bar: bool = True,
         seed: int | None = None,
+        compile: bool = False,
+        cudagraphs: bool = False,
     ) -> None:
         frames_per_batch = frames_per_batch or collector.frames_per_batch
         checkpoint = rotation = None
@@ -157,6 +163,8 @@ class AWRTrainer(Trainer):
             critic_optimizer,
             critic_steps,
             batch_size,
+            compile=compile,
+            cudagraphs=cudagraphs,
         ).register(self)
         RelabelTargets(replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer).register(
             self, "relabel_actor"
@@ -169,6 +177,8 @@ class AWRTrainer(Trainer):
             actor_optimizer,
             actor_steps,
             batch_size,
+            compile=compile,
+            cudagraphs=cudagraphs,
         ).register(self)
         UpdateWeights(collector, 1, policy_weights_getter=lambda: TensorDict.from_module(actor)).register(self)
         self.clock.register(self)
