@@ -132,7 +132,7 @@ def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list
         trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
     trainer.train()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
-    if cfg.buffer.save:  # the final buffer, for scripts/train_offline.py dataset.source=buffer dataset.path=<output_dir>
+    if cfg.buffer.save:  # for scripts/train_offline.py dataset.source=buffer dataset.path=<output_dir>
         trainer.replay_buffer.dumps(output_dir / "replay_buffer")
     final = evaluator.history[-1]
     summary = {
