@@ -5,6 +5,8 @@ from torchrl_awr.envs import make_env
 from torchrl_awr.hooks import Evaluate, RegressionPhase, RelabelTargets, UpdateObservationNorm
 from torchrl_awr.loss import AWRLoss, awr_weights
 from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
+from torchrl_awr.offline import DatasetError, load_dataset, make_offline_buffer
+from torchrl_awr.offline_trainer import OfflineAWRTrainer
 from torchrl_awr.targets import relabel
 from torchrl_awr.trainer import AWRTrainer
 
@@ -12,15 +14,19 @@ __all__ = [
     "AWRConfig",
     "AWRLoss",
     "AWRTrainer",
+    "DatasetError",
     "Evaluate",
+    "OfflineAWRTrainer",
     "RegressionPhase",
     "RelabelTargets",
     "UpdateObservationNorm",
     "awr_weights",
     "load_config",
+    "load_dataset",
     "make_awr_actor",
     "make_awr_value",
     "make_env",
+    "make_offline_buffer",
     "make_observation_norm",
     "relabel",
 ]
