@@ -102,7 +102,14 @@ def write_minari(root: str | Path, name: str, good: int, random: int, seed: int 
 
         env = DataCollector(gym.make(ENV), record_infos=False)
         run_episodes(env, episode_kinds(good, random, seed), seed)
-        env.create_dataset(dataset_id=name, algorithm_name=f"{good} swing-up controller + {random} random episodes")
+        env.create_dataset(
+            dataset_id=name,
+            algorithm_name=f"{good} swing-up controller + {random} random episodes",
+            author="torchrl-awr",
+            author_email="dev@torchrl-awr",
+            description=f"Mixed-quality {ENV} data: {good} good-controller and {random} random-policy episodes.",
+            eval_env=ENV,
+        )
         env.close()
     finally:
         if previous is None:

@@ -131,6 +131,7 @@ def relabel(
     storage = buffer.storage
     positions = chronological_indices(buffer)
     data = storage.get(positions)
+    positions = positions.to(data.device)  # a storage on a GPU: index with GPU positions (perm is computed there)
     perm, last = trajectory_order(data, traj_key)
     positions, data = positions[perm], data[perm]
     for key in (("next", keys.reward), ("next", keys.done), ("next", keys.terminated)):
