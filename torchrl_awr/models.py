@@ -55,6 +55,17 @@ class DirectWriteModule(TensorDictModule):
         return tensordict
 
 
+class StateNorm(ObservationNorm):
+    """A standardising :class:`~torchrl.envs.ObservationNorm`, ``(obs − loc) / scale``, with no data-dependent branch.
+
+    The parent keeps ``standard_normal`` as a tensor buffer and branches on it in every call: a GPU→CPU sync,
+    which a CUDA-graph capture refuses and which breaks a :func:`torch.compile` graph. State dicts are the parent's.
+    """
+
+    def _apply_transform(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.loc) / self.scale
+
+
 def make_observation_norm(observation_size: int, observation_key: str = "observation") -> ObservationNorm:
     """An identity :class:`~torchrl.envs.ObservationNorm` for in-network state normalisation.
 
@@ -66,7 +77,7 @@ def make_observation_norm(observation_size: int, observation_key: str = "observa
         >>> norm.loc.shape, norm.scale.shape
         (torch.Size([3]), torch.Size([3]))
     """
-    return ObservationNorm(
+    return StateNorm(
         loc=torch.zeros(observation_size),
         scale=torch.ones(observation_size),
         in_keys=[observation_key],
