@@ -96,7 +96,17 @@ def test_ray_backend_counts_each_frame_once(local_ray, tmp_path: Path) -> None:
     cfg.optim.batch_size = 64
     cfg.checkpoint.interval = 1  # the workers' collector states go into the checkpoint
     trainer, _ = build_trainer(cfg, tmp_path, progress_bar=False)
+    mismatches = []
+
+    def workers_hold_the_learners_weights() -> None:  # runs after the trainer's UpdateWeights hook
+        learner = trainer.loss_module.actor_network.state_dict()
+        for worker in trainer.collector.state_dict():
+            held = worker["policy_state_dict"]
+            mismatches.extend(k for k, v in learner.items() if not torch.equal(held[k], v.cpu()))
+
+    trainer.register_op("post_steps", workers_hold_the_learners_weights)
     trainer.train()
+    assert not mismatches
     assert trainer.collected_frames == 1200
     assert trainer.replay_buffer.write_count == 1200
     stored = trainer.replay_buffer.storage[:1200]

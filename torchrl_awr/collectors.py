@@ -187,16 +187,24 @@ def connect_ray(address: str, num_workers: int) -> float:
 
     if not ray.is_initialized():
         target = check_ray_address(address)
-        if target is None:
-            ray.init(
-                num_cpus=os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="warning",
-                object_store_memory=256 * 1024**2,
-            )
-        else:
-            ray.init(address=address if address.startswith("ray://") else target, logging_level="warning")
+        quiet = {"logging_level": "warning", "log_to_driver": False}  # worker logs would drown the progress bar
+        try:
+            if target is None:
+                ray.init(  # "local": a new instance, even where `ray start` left a cluster running
+                    address="local",
+                    num_cpus=os.cpu_count(),
+                    include_dashboard=False,
+                    object_store_memory=256 * 1024**2,
+                    **quiet,
+                )
+            elif address.startswith("ray://"):
+                ray.init(address=address, logging_level="warning")
+            else:
+                ray.init(address=target, **quiet)
+        except Exception as err:  # noqa: BLE001 - any failure to join is one line (e.g. a token-auth cluster)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+            raise ValueError(f"could not start or join {where}: {type(err).__name__}: {reason}") from None
     cpus = ray.cluster_resources().get("CPU", 0)
     if address and cpus < num_workers:
         raise ValueError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -33,9 +34,11 @@ from torchrl_awr.trainer import AWRTrainer
 
 
 def default_output_dir(cfg: DictConfig) -> Path:
-    """``outputs/<env>/<UTC timestamp>-s<seed>-<pid>``: unique per run, also for parallel sweep agents."""
+    """``outputs/<env>/<UTC timestamp>-s<seed>-<host>-<pid>``: unique per run, also for sweep agents running at
+    the same time on one machine or on several that share the file system."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path("outputs") / cfg.env.name.replace("/", "_") / f"{stamp}-s{cfg.seed}-{os.getpid()}"
+    run = f"{stamp}-s{cfg.seed}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    return Path("outputs") / cfg.env.name.replace("/", "_") / run
 
 
 def resolve_run(overrides: list[str]) -> tuple[DictConfig, Path]:
