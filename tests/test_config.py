@@ -223,6 +223,13 @@ def test_frames_per_batch_must_be_a_multiple_of_num_envs():
     assert load_config(["collector.frames_per_batch=104", "env.num_envs=8"]).collector.frames_per_batch == 104
 
 
+def test_cudagraphs_needs_a_cuda_device():
+    message = _one_line_error(["optim.cudagraphs=true"])
+    assert "optim.cudagraphs=true" in message and "device=cuda" in message
+    assert load_config(["optim.cudagraphs=true", "device=cuda"]).optim.cudagraphs is True
+    assert load_config(["optim.compile=true"]).optim.compile is True
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [

@@ -98,6 +98,9 @@ def test_sigkill_then_resume_continues_the_run(tmp_path: Path) -> None:
     assert summary["frames"] == 12288
 
 
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -107,6 +110,10 @@ def test_sigkill_then_resume_continues_the_run(tmp_path: Path) -> None:
         (["optim.actorlr=1e-3"], "unknown override key 'optim.actorlr'"),
         (["resume=/nonexistent/run"], "resume='/nonexistent/run'"),
         (["logger.backend=mlflow"], "logger.backend='mlflow'"),
+        (["optim.cudagraphs=true"], "optim.cudagraphs=true captures CUDA graphs: it needs device=cuda"),
+        pytest.param(["device=cuda"], "no CUDA device is available", marks=NO_GPU),
+        pytest.param(["device=auto", "optim.cudagraphs=true"], "optim.cudagraphs=true needs a CUDA device",
+                     marks=NO_GPU),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
