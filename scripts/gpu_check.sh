@@ -28,11 +28,13 @@ if [ "$mode" = check ]; then
         output_dir=/tmp/smoke >"$OUT/smoke.log" 2>&1
     echo "smoke exit $?"; tail -c 600 "$OUT/smoke.log"; echo
     echo "== equivalence tests on CUDA"
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_hooks.py -k "compiled or cuda or regression" \
-        2>&1 | tail -n 15 | tee "$OUT/tests.txt"
+    timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_hooks.py \
+        -k "compiled or cuda or regression" >"$OUT/tests.txt" 2>&1
+    grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/tests.txt" | head -n 40
     echo "== learner phase"
     timeout 200 python3 scripts/benchmark.py --sections learner --repeats 3 --compile device=cuda \
-        --json "$OUT/learner.json" 2>&1 | grep -E "^\| learner|^\[benchmark\].*(done|WARN)"
+        --json "$OUT/learner.json" >"$OUT/learner.log" 2>&1 || tail -n 20 "$OUT/learner.log"
+    grep -E "^\| learner" "$OUT/learner.log"
     echo "== collection"
     for cfg in "env.num_envs=32" "collector.backend=multi collector.num_workers=8 env.num_envs=8" \
                "collector.backend=multi collector.num_workers=16 env.num_envs=8"; do
