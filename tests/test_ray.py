@@ -169,9 +169,19 @@ def test_ray_run_killed_with_sigkill_resumes_like_single(tmp_path: Path) -> None
         (["collector.backend=nonsense"], "collector.backend='nonsense' is not allowed; choose one of single, multi"),
         (["collector.backend=ray", "collector.num_workers=0"], "collector.num_workers=0 is invalid"),
         (["collector.backend=multi", "collector.num_workers=-1"], "collector.num_workers=-1 is invalid"),
-        (["collector.backend=ray", "collector.ray_address=127.0.0.1:1"], "nothing answers at 127.0.0.1:1"),
-        (["collector.backend=ray", "collector.ray_address=ray://127.0.0.1:1"], "nothing answers at 127.0.0.1:1"),
-        (["collector.backend=ray", "collector.ray_address=somewhere"], "is not an address"),
+        pytest.param(
+            ["collector.backend=ray", "collector.ray_address=127.0.0.1:1"],
+            "nothing answers at 127.0.0.1:1",
+            marks=needs_ray,
+        ),
+        pytest.param(
+            ["collector.backend=ray", "collector.ray_address=ray://127.0.0.1:1"],
+            "nothing answers at 127.0.0.1:1",
+            marks=needs_ray,
+        ),
+        pytest.param(
+            ["collector.backend=ray", "collector.ray_address=somewhere"], "is not an address", marks=needs_ray
+        ),
     ],
 )
 def test_bad_backend_input_is_one_line_exit_2_within_seconds(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -182,3 +192,22 @@ def test_bad_backend_input_is_one_line_exit_2_within_seconds(args: list[str], ne
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0]
+
+
+def test_ray_backend_without_ray_is_one_line(monkeypatch) -> None:
+    import importlib.util as util
+
+    from torchrl_awr import collectors
+
+    find_spec = util.find_spec
+    monkeypatch.setattr(collectors.importlib.util, "find_spec", lambda name: None if name == "ray" else find_spec(name))
+    cfg = load_config(RAY)
+    env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=0)
+    with pytest.raises(ValueError, match=r"^collector.backend=ray needs the ray package: pip install -e '.\[ray\]'.$"):
+        make_collector(cfg, env, make_loss(cfg, env).actor_network)
+
+
+def test_ray_workers_must_divide_the_batch() -> None:
+    with pytest.raises(ValueError, match=r"env.num_envs=8 x collector.num_workers=3"):
+        load_config(["collector.backend=ray", "collector.num_workers=3"])
+    assert load_config(["collector.backend=ray", "collector.num_workers=2"]).collector.ray_address == ""
