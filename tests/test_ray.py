@@ -209,5 +209,5 @@ def test_ray_backend_without_ray_is_one_line(monkeypatch) -> None:
 
 def test_ray_workers_must_divide_the_batch() -> None:
     with pytest.raises(ValueError, match=r"env.num_envs=8 x collector.num_workers=3"):
-        load_config(["collector.backend=ray", "collector.num_workers=3"])
+        load_config(["collector.backend=ray", "collector.num_workers=3", "env.num_envs=8"])
     assert load_config(["collector.backend=ray", "collector.num_workers=2"]).collector.ray_address == ""
