@@ -114,7 +114,7 @@ def build_trainer(
         interval=cfg.eval.interval,
         max_steps=max_episode_steps(cfg.env.name),
         csv_path=output_dir / "eval.csv",
-        source=loss.actor_network,
+        source=loss.actor_network if acting_policy is not loss.actor_network else None,
     )
     evaluator.register(trainer)
     return trainer, evaluator
