@@ -546,6 +546,20 @@ def bench_collection(args, tmpdir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- iteration
+def fill_to_capacity(buffer) -> None:
+    """Extend ``buffer`` with copies of its content (fresh trajectory ids) until it is full and its cursor has wrapped.
+
+    The steady state of a long run: relabel and both phases then work over the buffer's whole capacity.
+    """
+    first = buffer.storage.get(torch.arange(len(buffer)))
+    ids = first.get(("collector", "traj_ids"))
+    span = int(ids.max()) + 1
+    for k in range(1, math.ceil(buffer.storage.max_size / len(first)) + 1):
+        chunk = first.clone()
+        chunk.set(("collector", "traj_ids"), ids + k * span)
+        buffer.extend(chunk)
+
+
 def bench_iteration(args, tmpdir: Path) -> dict:
     """Full AWR iterations through build_trainer, timed with marks registered at the trainer's stages.
 
@@ -570,19 +584,9 @@ def bench_iteration(args, tmpdir: Path) -> dict:
     def mark(name: str) -> None:
         marks[name].append(time.perf_counter())
 
-    def prefill() -> None:
-        first = buffer.storage.get(torch.arange(len(buffer)))
-        ids = first.get(("collector", "traj_ids"))
-        span = int(ids.max()) + 1
-        copies = math.ceil(buffer.storage.max_size / len(first))
-        for k in range(1, copies + 1):
-            chunk = first.clone()
-            chunk.set(("collector", "traj_ids"), ids + k * span)
-            buffer.extend(chunk)
-
     def on_batch(batch) -> None:
         if not marks["batch"]:
-            prefill()
+            fill_to_capacity(buffer)
         mark("batch")
 
     trainer.register_op("batch_process", on_batch)

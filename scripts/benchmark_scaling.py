@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark import fill_to_capacity  # scripts/ is on sys.path when a script in it runs
 
 from torchrl_awr.builders import make_collector, make_loss
 from torchrl_awr.config import load_config
@@ -87,18 +87,9 @@ def iteration_split(backend: str, workers: int, args: argparse.Namespace, tmpdir
     buffer = trainer.replay_buffer
     marks: dict[str, list[float]] = {"batch": [], "learned": [], "pushed": []}
 
-    def prefill() -> None:  # steady state of a long run: a full buffer (relabel and phases over 50k transitions)
-        first = buffer.storage.get(torch.arange(len(buffer)))
-        ids = first.get(("collector", "traj_ids"))
-        span = int(ids.max()) + 1
-        for k in range(1, math.ceil(buffer.storage.max_size / len(first)) + 1):
-            chunk = first.clone()
-            chunk.set(("collector", "traj_ids"), ids + k * span)
-            buffer.extend(chunk)
-
     def on_batch(batch) -> None:
         if not marks["batch"]:
-            prefill()
+            fill_to_capacity(buffer)  # steady state of a long run: relabel and phases over 50k transitions
         marks["batch"].append(time.perf_counter())
 
     trainer.register_op("batch_process", on_batch)  # after the buffer extension
