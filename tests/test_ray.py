@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from collector_checks import assert_workers_act_with_the_learners_weights
 from tensordict import TensorDict
 
 from torchrl_awr.builders import make_loss
@@ -63,31 +64,7 @@ def read_frames(out: Path) -> list[int]:
 
 @needs_ray
 def test_ray_workers_collect_with_the_learners_current_weights(local_ray) -> None:
-    cfg = load_config(RAY)
-    env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=0)
-    actor = make_loss(cfg, env).actor_network
-    collector = make_collector(cfg, env, actor)
-    try:
-        batches = iter(collector)
-        first = next(batches)
-        assert first.numel() == 400
-        with torch.no_grad():  # the learner moves on: new weights and new normaliser statistics
-            for param in actor.parameters():
-                param.add_(0.1 * torch.randn_like(param))
-            norm = actor.module[0][0]
-            norm.loc.fill_(0.5)
-            norm.scale.fill_(2.0)
-        collector.update_policy_weights_(TensorDict.from_module(actor))  # what the trainer's UpdateWeights does
-        second = next(batches)
-    finally:
-        collector.shutdown()
-
-    def learner_loc(batch):
-        with torch.no_grad():
-            return actor.module[0](batch.select("observation").reshape(-1).clone())["loc"]
-
-    assert not torch.allclose(learner_loc(first), first["loc"].reshape(-1, 1), atol=1e-4)  # the check can fail
-    torch.testing.assert_close(learner_loc(second), second["loc"].reshape(-1, 1))  # every worker, exactly
+    assert_workers_act_with_the_learners_weights(RAY)
 
 
 @needs_ray
