@@ -29,7 +29,7 @@ if [ "$mode" = check ]; then
     echo "smoke exit $?"; tail -c 600 "$OUT/smoke.log"; echo
     echo "== equivalence tests on CUDA"
     timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_hooks.py \
-        -k "compiled or cuda or regression" >"$OUT/tests.txt" 2>&1
+        -k "compiled or cuda or regression or sync" >"$OUT/tests.txt" 2>&1
     grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/tests.txt" | head -n 40
     echo "== learner phase"
     timeout 200 python3 scripts/benchmark.py --sections learner --repeats 3 --compile device=cuda \

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from torchrl_awr import make_awr_actor, make_env, make_observation_norm
+from torchrl_awr import hooks, make_awr_actor, make_env, make_observation_norm
 from torchrl_awr.hooks import (
     Evaluate,
     ExtendBuffer,
@@ -482,6 +482,20 @@ def test_compiled_update_matches_eager_on_cpu():
     assert_same_updates(run_phases("cpu", compile=True), eager, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_update_step_has_no_host_sync(optimizer):
+    """The CPU stand-in for CUDA stream capture, which refuses a host sync (a tensor read as a Python value,
+    a data-dependent branch): torch.compile may break an update's graph only where a training step always
+    breaks, at ``backward()``. TorchRL's ObservationNorm branched on a tensor buffer here, and failed on a GPU."""
+    _, *phases = awr_phases("cpu", optimizer)
+    for phase in phases:
+        phase()  # loads the phase buffer and creates the optimizer state
+        explained = torch._dynamo.explain(phase._eager_optim_step)(torch.arange(32))
+        reasons = [r.reason.splitlines()[0] for r in explained.break_reasons]
+        assert reasons, "explain found no graph break at backward(): this check no longer sees breaks"
+        assert all(r.startswith("Unsupported Tensor.backward() call") for r in reasons), (phase.name, reasons)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -493,8 +507,15 @@ def test_cudagraph_update_matches_eager_on_cuda(optimizer, compile):
     assert_same_updates(run_phases("cuda", optimizer, compile=compile, cudagraphs=True), eager, rtol=1e-5, atol=1e-6)
 
 
+def cyclic_indices(n: int, batch_size: int, steps: int, device=None):
+    """Minibatches without a random permutation: CPU and CUDA generators draw different ones."""
+    for step in range(steps):
+        yield (torch.arange(batch_size) + step * batch_size).remainder(n).to(device)
+
+
 @cuda
-def test_cuda_update_matches_cpu():
+def test_cuda_update_matches_cpu(monkeypatch):
+    monkeypatch.setattr(hooks, "shuffled_indices", cyclic_indices)
     assert_same_updates(run_phases("cuda"), run_phases("cpu"), rtol=1e-4, atol=1e-5)
 
 

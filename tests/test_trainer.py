@@ -1,5 +1,7 @@
 """AWRTrainer: hook order, one short training run, checkpoint and resume."""
 
+import copy
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -29,12 +31,14 @@ def build(
     total_frames: int = TOTAL_FRAMES,
     value_estimator: bool = True,
     hidden_sizes: tuple[int, ...] = (128, 64),
+    acting_copy: bool = False,
     **kwargs,
 ) -> AWRTrainer:
     """The docstring example of AWRTrainer (Pendulum-v1, tiny phases).
 
     ``value_estimator=True`` also builds the loss's TD(λ) estimator up front, as
     ``builders.make_loss`` does; the docstring example leaves it to be made lazily.
+    ``acting_copy=True`` collects with a copy of the actor, as a run with ``device=cuda`` does.
     """
     torch.manual_seed(seed)
     env = make_env("Pendulum-v1", seed=seed)
@@ -44,7 +48,9 @@ def build(
     if value_estimator:
         loss.make_value_estimator(gamma=0.99, lmbda=0.95)
     return AWRTrainer(
-        collector=Collector(env, actor, frames_per_batch=FRAMES_PER_BATCH, total_frames=-1),
+        collector=Collector(
+            env, copy.deepcopy(actor) if acting_copy else actor, frames_per_batch=FRAMES_PER_BATCH, total_frames=-1
+        ),
         loss_module=loss,
         replay_buffer=TensorDictReplayBuffer(storage=LazyTensorStorage(1024)),
         actor_optimizer=torch.optim.SGD(actor.parameters(), lr=1e-4, momentum=0.9),
@@ -204,6 +210,24 @@ def test_train_collects_fills_and_updates(trained):
     for name, phase in phases(trainer).items():
         state = phase.optimizer.state_dict()["state"]
         assert state and all("momentum_buffer" in s for s in state.values()), name
+
+
+def test_a_separate_acting_policy_gets_the_learned_weights():
+    """A learner on a GPU collects through a CPU copy of its actor: UpdateWeights refreshes it every iteration."""
+    trainer = build(acting_copy=True)
+    actor = trainer.loss_module.actor_network
+    acting = trainer.collector.policy
+    assert acting is not actor
+    before = params(actor)
+    trainer.train()
+    after = params(actor)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    for key, value in params(acting).items():
+        assert torch.equal(value, after[key]), key
+    learned_buffers = dict(actor.named_buffers())  # the state normaliser, fitted during the first iteration
+    assert learned_buffers and not torch.equal(learned_buffers["module.0.module.0.loc"], torch.zeros(3))
+    for key, value in acting.named_buffers():
+        assert torch.equal(value, learned_buffers[key]), key
 
 
 def test_buffer_holds_targets_of_the_final_critic(trained):

@@ -274,7 +274,6 @@ class RegressionPhase(TrainerHookBase):
 
     def _eager_optim_step(self, index: Tensor) -> dict[str, Tensor]:
         loss, metadata = self.loss_fn(self._data[index])
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
@@ -282,6 +281,8 @@ class RegressionPhase(TrainerHookBase):
         return {"loss": loss.detach(), **metadata}
 
     def _step(self, index: Tensor) -> None:
+        # Outside the compiled part: torch.compile does not trace Optimizer.zero_grad (a graph break).
+        self.optimizer.zero_grad(set_to_none=True)
         metrics = self._optim_step(index)
         if self._totals is None:
             self._totals = {key: torch.zeros_like(value) for key, value in metrics.items()}
