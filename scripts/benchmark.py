@@ -576,8 +576,7 @@ def bench_iteration(args, tmpdir: Path) -> dict:
         f"collector.total_frames={(iterations + 1) * defaults.collector.frames_per_batch}",
         *extra,
     )
-    built = build_trainer(cfg, tmpdir / "run", progress_bar=False)
-    trainer, evaluator = built if isinstance(built, tuple) else (built, None)
+    trainer, evaluator, _ = build_trainer(cfg, tmpdir / "run", progress_bar=False)
     buffer = trainer.replay_buffer
     marks: dict[str, list[float]] = {"batch": [], "optim_start": [], "optim_end": [], "iter_end": []}
 
@@ -646,12 +645,10 @@ def bench_iteration(args, tmpdir: Path) -> dict:
         )
         repeats = args.repeats if name == "critic_phase" else min(args.repeats, 3)  # the actor phase takes ~2 s
         phases[name] = statistics.median(timed(hook) for _ in range(repeats))
-    eval_s = timed(evaluator.evaluate) if evaluator is not None else None
+    eval_s = timed(evaluator.evaluate)
     ckpt_s = ckpt.get("s")
     iters_1m = 1e6 / cfg.collector.frames_per_batch
-    with_extras = s_iter * iters_1m
-    if eval_s is not None:
-        with_extras += eval_s * iters_1m / defaults.eval.interval
+    with_extras = s_iter * iters_1m + eval_s * iters_1m / defaults.eval.interval
     if ckpt_s is not None:
         with_extras += ckpt_s * iters_1m / defaults.checkpoint.interval
     return {

@@ -83,7 +83,7 @@ def iteration_split(backend: str, workers: int, args: argparse.Namespace, tmpdir
     """Seconds per AWR iteration and its split, one figure per timed iteration (after a warm-up one)."""
     frames = load_config([]).collector.frames_per_batch
     cfg = config(backend, workers, args, f"collector.total_frames={(args.iterations + 1) * frames}")
-    trainer, _ = build_trainer(cfg, tmpdir, progress_bar=False)
+    trainer, _, _ = build_trainer(cfg, tmpdir, progress_bar=False)
     buffer = trainer.replay_buffer
     marks: dict[str, list[float]] = {"batch": [], "learned": [], "pushed": []}
 

@@ -24,7 +24,7 @@ def test_multi_workers_collect_with_the_learners_current_weights() -> None:
 def test_multi_backend_counts_each_frame_once(tmp_path) -> None:
     cfg = load_config([*MULTI, "collector.total_frames=1200", "optim.actor_steps=2", "optim.critic_steps=2"])
     cfg.optim.batch_size = 64
-    trainer, _ = build_trainer(cfg, tmp_path, progress_bar=False)
+    trainer, _, _ = build_trainer(cfg, tmp_path, progress_bar=False)
     trainer.train()
     assert trainer.collected_frames == 1200
     assert trainer.replay_buffer.write_count == 1200

@@ -6,8 +6,10 @@ import csv
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from torchrl.data import Bounded
 from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, relabel
 from torchrl_awr.config import load_config
 from torchrl_awr.offline import DatasetError, load_dataset, make_offline_buffer, to_transitions
-from torchrl_awr.offline_trainer import run_offline
+from torchrl_awr.offline_trainer import build_offline_trainer, run_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = ROOT / "scripts" / "train_offline.py"
@@ -281,6 +283,55 @@ def test_bad_input_from_the_command_line_is_one_line() -> None:
     assert proc.stderr.strip().splitlines() == [
         "train_offline.py: error: dataset.path='/nonexistent/d.hdf5' does not exist or is not a file."
     ]
+
+
+@needs_h5py
+def test_sigkill_then_resume_continues_the_offline_run(tmp_path: Path) -> None:
+    path = _datasets_module().write_hdf5(tmp_path / "mixed.hdf5", good=1, random=3, seed=0)
+    out = tmp_path / "killed"
+    args = [*FAST, "offline.steps=3000", "checkpoint.interval=1", "eval.interval=1"]
+    proc = subprocess.Popen(
+        [sys.executable, str(OFFLINE), "dataset.source=hdf5", f"dataset.path={path}", f"output_dir={out}", *args],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "checkpoints").glob("checkpoint-*"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with (out / "eval.csv").open() as f:
+        assert 0 < int(list(csv.DictReader(f))[-1]["gradient_steps"]) < 3000
+
+    resumed = run_script(OFFLINE, f"resume={out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with (out / "eval.csv").open() as f:
+        steps = [int(row["gradient_steps"]) for row in csv.DictReader(f)]
+    assert steps == list(range(100, 3001, 100)), "eval curve must continue without gaps or repeats"
+    assert json.loads((out / "summary.json").read_text())["gradient_steps"] == 3000
+
+
+@needs_h5py
+def test_resume_keeps_the_targets_computed_once(tmp_path: Path) -> None:
+    """offline.relabel=once: a resumed run keeps the targets of the initial critic, it does not recompute them."""
+    path = _datasets_module().write_hdf5(tmp_path / "mixed.hdf5", good=1, random=3, seed=0)
+    args = ["dataset.source=hdf5", f"dataset.path={path}", *FAST, "offline.relabel=once", "logger.backend=none"]
+    cfg = load_config([*args, "offline.steps=100", "checkpoint.interval=1"])
+    trainer, _, _ = build_offline_trainer(cfg, tmp_path / "run", progress_bar=False)
+    trainer.train()
+    targets = trainer.replay_buffer.storage[: len(trainer.replay_buffer)].get("value_target").clone()
+    assert targets.abs().sum() > 0
+
+    fresh, _, _ = build_offline_trainer(cfg, tmp_path / "run", progress_bar=False)
+    fresh.resume(tmp_path / "run" / "checkpoints")
+    fixed = dict(fresh._modules)["fixed_targets"]
+    assert fixed.ready
+    for _ in range(2):  # the resumed run's setup must not relabel with the (trained) critic
+        fixed.setup()
+        assert torch.equal(fresh.replay_buffer.storage[: len(fresh.replay_buffer)].get("value_target"), targets)
 
 
 def test_transitions_need_finite_values_and_matching_shapes() -> None:

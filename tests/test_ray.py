@@ -72,7 +72,7 @@ def test_ray_backend_counts_each_frame_once(local_ray, tmp_path: Path) -> None:
     cfg = load_config([*RAY, "collector.total_frames=1200", "optim.actor_steps=2", "optim.critic_steps=2"])
     cfg.optim.batch_size = 64
     cfg.checkpoint.interval = 1  # the workers' collector states go into the checkpoint
-    trainer, _ = build_trainer(cfg, tmp_path, progress_bar=False)
+    trainer, _, _ = build_trainer(cfg, tmp_path, progress_bar=False)
     mismatches = []
 
     def workers_hold_the_learners_weights() -> None:  # runs after the trainer's UpdateWeights hook

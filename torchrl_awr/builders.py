@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -26,6 +27,25 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA device is available; use device=cpu or device=auto.")
     return torch.device(device)
+
+
+def learner_device(cfg: DictConfig) -> torch.device:
+    """The device of the networks, the buffer and the updates (``cfg.device``), checked against ``optim.cudagraphs``."""
+    device = resolve_device(cfg.device)
+    if cfg.optim.cudagraphs and device.type != "cuda":
+        raise ValueError(f"optim.cudagraphs=true needs a CUDA device; device={cfg.device!r} resolved to {device}.")
+    return device
+
+
+def acting_policy(actor: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The policy that steps the (CPU) envs: the actor itself for a CPU learner, else a CPU copy of it.
+
+    Call it before moving the actor to ``device``. The copy is refreshed from the
+    learner by :class:`~torchrl.trainers.UpdateWeights` (collection) and by
+    :class:`~torchrl_awr.Evaluate` ``(source=actor)`` (evaluation): a GPU policy
+    would cost a transfer each way per env step.
+    """
+    return copy.deepcopy(actor) if device.type != "cpu" else actor
 
 
 def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:

@@ -1,48 +1,57 @@
-"""One online AWR run from a config: build, train, evaluate, checkpoint, summarise.
+"""One AWR run from a config: build, train, evaluate, checkpoint, summarise.
 
-The output directory holds ``config.yaml`` (the resolved config), ``eval.csv``
-(one row per evaluation), ``checkpoints/``, ``policy.pt`` (the final actor's
-state dict, observation normaliser included), ``summary.json`` and, with
-``buffer.save=true``, ``replay_buffer/`` (the final buffer, ``ReplayBuffer.dumps``).
+:func:`run` trains online with :func:`build_trainer` (``scripts/train_mujoco.py``)
+or offline with :func:`torchrl_awr.offline_trainer.build_offline_trainer`
+(``scripts/train_offline.py``). The output directory holds ``config.yaml`` (the
+resolved config), ``eval.csv`` (one row per evaluation), ``checkpoints/``,
+``policy.pt`` (the final actor's state dict, observation normaliser included),
+``summary.json`` and, online with ``buffer.save=true``, ``replay_buffer/`` (the
+final buffer, ``ReplayBuffer.dumps``).
 """
 
 from __future__ import annotations
 
-import copy
+import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from torchrl_awr.builders import (
+    acting_policy,
+    learner_device,
     make_collector,
     make_logger,
     make_loss,
     make_optimizers,
     make_replay_buffer,
     max_episode_steps,
-    resolve_device,
     write_json,
 )
 from torchrl_awr.config import load_config
 from torchrl_awr.envs import check_env_id, make_env
 from torchrl_awr.hooks import Evaluate
-from torchrl_awr.trainer import AWRTrainer
+from torchrl_awr.trainer import AWRTrainer, ResumableTrainer
+
+Builder = Callable[..., tuple[ResumableTrainer, Evaluate, dict[str, Any]]]
 
 
-def default_output_dir(cfg: DictConfig) -> Path:
-    """``outputs/<env>/<UTC timestamp>-s<seed>-<host>-<pid>``: unique per run, also for sweep agents running at
+def default_output_dir(cfg: DictConfig, root: Path = Path("outputs")) -> Path:
+    """``<root>/<env>/<UTC timestamp>-s<seed>-<host>-<pid>``: unique per run, also for sweep agents running at
     the same time on one machine or on several that share the file system."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run = f"{stamp}-s{cfg.seed}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
-    return Path("outputs") / cfg.env.name.replace("/", "_") / run
+    return root / cfg.env.name.replace("/", "_") / run
 
 
-def resolve_run(overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The run's config and output directory; with ``resume=<dir>``, the saved config of that run.
+def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[DictConfig, Path]:
+    """The run's config and output directory (by default under ``root``); with ``resume=<dir>``, the saved
+    config of that run.
 
     Raises:
         ValueError: bad overrides, or a resume dir without a readable ``config.yaml``.
@@ -65,27 +74,26 @@ def resolve_run(overrides: list[str]) -> tuple[DictConfig, Path]:
         cfg.resume = str(run_dir)
         return cfg, run_dir
     check_env_id(cfg.env.name)
-    return cfg, Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    return cfg, Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
 
 
 def build_trainer(
     cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None
-) -> tuple[AWRTrainer, Evaluate]:
-    """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`."""
+) -> tuple[AWRTrainer, Evaluate, dict[str, Any]]:
+    """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`.
+
+    Returns the trainer, its evaluation hook and what the run summary adds (nothing online).
+    """
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    if cfg.optim.cudagraphs and device.type != "cuda":
-        raise ValueError(f"optim.cudagraphs=true needs a CUDA device; device={cfg.device!r} resolved to {device}.")
+    device = learner_device(cfg)
     env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
     loss = make_loss(cfg, env)
-    # Environments step on the CPU: a learner on a GPU acts through a CPU copy of its policy, which
-    # UpdateWeights refreshes after every actor phase (a GPU policy per env step costs a transfer each way).
-    acting_policy = copy.deepcopy(loss.actor_network) if device.type != "cpu" else loss.actor_network
+    policy = acting_policy(loss.actor_network, device)
     loss = loss.to(device)
     actor_optim, critic_optim = make_optimizers(cfg, loss)
     replay_buffer = make_replay_buffer(cfg, output_dir, device)
     trainer = AWRTrainer(
-        collector=make_collector(cfg, env, acting_policy),
+        collector=make_collector(cfg, env, policy),
         loss_module=loss,
         replay_buffer=replay_buffer,
         actor_optimizer=actor_optim,
@@ -109,44 +117,58 @@ def build_trainer(
     )
     evaluator = Evaluate(
         make_env(cfg.env.name, num_envs=cfg.eval.episodes, seed=cfg.seed + 10_000),
-        acting_policy,
+        policy,
         trainer.clock,
         interval=cfg.eval.interval,
         max_steps=max_episode_steps(cfg.env.name),
         csv_path=output_dir / "eval.csv",
-        source=loss.actor_network if acting_policy is not loss.actor_network else None,
+        source=loss.actor_network if policy is not loss.actor_network else None,
     )
     evaluator.register(trainer)
-    return trainer, evaluator
+    return trainer, evaluator, {}
 
 
-def run(cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None) -> dict:
-    """Train (or resume) one run and write its outputs; returns the summary.
+def run(
+    cfg: DictConfig,
+    output_dir: Path,
+    progress_bar: bool = True,
+    tags: list[str] | None = None,
+    build: Builder = build_trainer,
+) -> dict:
+    """Build with ``build``, train (or resume, with ``cfg.resume``) one run and write its outputs; returns the
+    summary.
 
-    ``tags`` label the W&B run (the script passes its ``key=value`` overrides).
+    ``tags`` label the W&B run (the scripts pass their ``key=value`` overrides).
+
+    Raises:
+        FloatingPointError: the final evaluation return is not finite.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         OmegaConf.save(cfg, output_dir / "config.yaml")
-    trainer, evaluator = build_trainer(cfg, output_dir, progress_bar, tags)
+        (output_dir / "eval.csv").unlink(missing_ok=True)  # a reused output dir starts a new curve
+    trainer, evaluator, extra = build(cfg, output_dir, progress_bar, tags)
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
     if trainer.progress_bar:
         trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
     trainer.train()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
-    if cfg.buffer.save:  # for scripts/train_offline.py dataset.source=buffer dataset.path=<output_dir>
+    if cfg.buffer.save and isinstance(trainer, AWRTrainer):  # for train_offline.py dataset.source=buffer
         trainer.replay_buffer.dumps(output_dir / "replay_buffer")
     final = evaluator.history[-1]
     summary = {
         "env": cfg.env.name,
         "seed": cfg.seed,
+        **extra,
         "final_eval_return_mean": final["eval_return_mean"],
         "final_eval_return_std": final["eval_return_std"],
-        "frames": trainer.collected_frames,
+        trainer.clock.unit: trainer.collected_frames,
         "wall_time_s": trainer.clock.wall_time,
         "output_dir": str(output_dir),
     }
+    if not math.isfinite(summary["final_eval_return_mean"]):
+        raise FloatingPointError("the final evaluation return is not finite")
     if cfg.logger.backend == "wandb":
         wandb_run = trainer.logger.experiment
         wandb_run.summary.update(summary)

@@ -27,7 +27,7 @@ from torchrl.trainers import Trainer, TrainerHookBase
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.targets import chronological_indices, relabel
 
-EVAL_CSV_FIELDS = ("frames", "wall_time_s", "eval_return_mean", "eval_return_std")
+EVAL_CSV_FIELDS = ("wall_time_s", "eval_return_mean", "eval_return_std")  # after the clock's unit
 
 
 def _valid(batch: TensorDictBase) -> TensorDictBase:
@@ -354,9 +354,14 @@ class LogEpisodeReturn(TrainerHookBase):
 
 
 class RunClock(TrainerHookBase):
-    """Wall time across resumes, frames/s and the iteration count. Stage: ``post_steps_log``."""
+    """Wall time across resumes, progress per second and the iteration count. Stage: ``post_steps_log``.
 
-    def __init__(self) -> None:
+    Progress is the trainer's ``collected_frames``, logged under ``unit``:
+    environment frames online, policy gradient steps offline (``unit="gradient_steps"``).
+    """
+
+    def __init__(self, unit: str = "frames") -> None:
+        self.unit = unit
         self.elapsed = 0.0
         self.iteration = 0
         self._start = time.perf_counter()
@@ -373,10 +378,10 @@ class RunClock(TrainerHookBase):
         last_time, last_frames = self._last
         self._last = (now, frames)
         return {
-            "frames": frames,
+            self.unit: frames,
             "iteration": self.iteration,
             "wall_time_s": self.wall_time,
-            "frames_per_s": (frames - last_frames) / max(now - last_time, 1e-9),
+            f"{self.unit}_per_s": (frames - last_frames) / max(now - last_time, 1e-9),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -401,6 +406,7 @@ class RunClock(TrainerHookBase):
 class Evaluate(TrainerHookBase):
     """Deterministic-policy evaluation every ``interval`` iterations, appended to ``eval.csv``.
 
+    Rows are keyed by the clock's unit (frames online, gradient steps offline).
     Runs ``episodes`` episodes at once on a batched eval env (one per env) and
     scores each by its first episode's return. Stage: ``post_steps_log``; also
     runs once at shutdown so the final policy is always evaluated. With
@@ -454,20 +460,23 @@ class Evaluate(TrainerHookBase):
         first = done.float().argmax(-1, keepdim=True)
         return rollout.get(self.return_key).squeeze(-1).gather(-1, first).squeeze(-1)
 
+    def _csv_writer(self, f: Any) -> csv.DictWriter:
+        return csv.DictWriter(f, fieldnames=(self.clock.unit, *EVAL_CSV_FIELDS))
+
     def evaluate(self) -> dict[str, float]:
         returns = self.episode_returns()
         row = {
-            "frames": self._trainer.collected_frames if self._trainer else 0,
+            self.clock.unit: self._trainer.collected_frames if self._trainer else 0,
             "wall_time_s": self.clock.wall_time,
             "eval_return_mean": returns.mean().item(),
             "eval_return_std": returns.std(unbiased=False).item(),
         }
         self.history.append(row)
-        self.last_frames = row["frames"]
+        self.last_frames = row[self.clock.unit]
         if self.csv_path is not None:
             new = not self.csv_path.exists()
             with self.csv_path.open("a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=EVAL_CSV_FIELDS)
+                writer = self._csv_writer(f)
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
@@ -498,7 +507,7 @@ class Evaluate(TrainerHookBase):
         self.history = [dict(row) for row in state_dict["history"]]
         if self.csv_path is not None:  # drop rows written after the checkpoint: the resumed run redoes them
             with self.csv_path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=EVAL_CSV_FIELDS)
+                writer = self._csv_writer(f)
                 writer.writeheader()
                 writer.writerows(self.history)
 

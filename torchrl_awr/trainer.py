@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -24,7 +25,74 @@ from torchrl_awr.hooks import (
 from torchrl_awr.loss import AWRLoss
 
 
-class AWRTrainer(Trainer):
+class ResumableTrainer(Trainer):
+    """A :class:`~torchrl.trainers.Trainer` run by hooks alone, checkpointed atomically and resumable.
+
+    The generic per-step optimisation loop is off (``optim_steps_per_batch=0``):
+    the subclasses' hooks do the updates. With ``checkpoint_dir`` the whole
+    state (networks, optimizers, hook states, counters and RNG) is saved
+    through :mod:`torchrl.checkpoint` every ``checkpoint_interval`` iterations
+    of ``frames_per_batch`` frames; :meth:`resume` restores the newest.
+    Its :class:`~torchrl_awr.hooks.RunClock` (``clock``) counts ``collected_frames`` in ``unit``;
+    subclasses register it after their own hooks.
+    """
+
+    def __init__(
+        self,
+        *,
+        collector: BaseCollector,
+        loss_module: AWRLoss,
+        total_frames: int,
+        frames_per_batch: int,
+        checkpoint_dir: str | pathlib.Path | None,
+        checkpoint_interval: int,
+        keep_checkpoints: int,
+        logger: Logger | None,
+        progress_bar: bool,
+        seed: int | None,
+        unit: str = "frames",
+    ) -> None:
+        checkpoint = rotation = None
+        if checkpoint_dir is not None:
+            checkpoint = Checkpoint(rng=GlobalRNGState())
+            rotation = CheckpointRotation(checkpoint_dir, keep_last=keep_checkpoints)
+        super().__init__(
+            collector=collector,
+            total_frames=total_frames,
+            frame_skip=1,
+            optim_steps_per_batch=0,
+            loss_module=loss_module,
+            logger=logger,
+            progress_bar=progress_bar,
+            seed=seed,
+            log_interval=0,
+            save_trainer_interval=checkpoint_interval * frames_per_batch - 1,
+            checkpoint=checkpoint,
+            checkpoint_rotation=rotation,
+            auto_log_optim_steps=False,
+        )
+        self.clock = RunClock(unit)
+
+    def resume(self, checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
+        """Restore the newest checkpoint in ``checkpoint_dir``; returns its path.
+
+        Raises:
+            ValueError: one line when there is no readable checkpoint there.
+        """
+        latest = CheckpointRotation(checkpoint_dir, keep_last=1).latest()
+        if latest is None:
+            raise ValueError(f"no checkpoint found in {str(checkpoint_dir)!r}; cannot resume.")
+        try:
+            self.load_from_file(latest)
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {reason}") from None
+        self._last_save = self.collected_frames
+        self.clock.start()
+        return latest
+
+
+class AWRTrainer(ResumableTrainer):
     """Advantage-Weighted Regression on a :class:`~torchrl.trainers.Trainer`.
 
     One AWR iteration (the paper's Algorithm 1) is this list of hooks, run in
@@ -44,13 +112,11 @@ class AWRTrainer(Trainer):
     ``clock``                     ``post_steps_log``   frames, wall time, frames/s
     ============================  ===================  ==========================================
 
-    The trainer's generic per-step optimisation loop is not used
-    (``optim_steps_per_batch=0``): AWR's two phases have their own optimizers
-    and step counts. Add an evaluation with :class:`torchrl_awr.hooks.Evaluate`,
-    replace any hook with :meth:`register_op`. With ``checkpoint_dir`` the
-    whole state (networks, normaliser, optimizers, replay buffer, hook states,
-    counters and RNG) is saved atomically every ``checkpoint_interval``
-    iterations through :mod:`torchrl.checkpoint`; :meth:`resume` restores the newest.
+    AWR's two phases have their own optimizers and step counts, so the
+    trainer's generic per-step loop is off (see :class:`ResumableTrainer`,
+    which also gives atomic checkpoints, here with the replay buffer and the
+    normaliser, and :meth:`resume`). Add an evaluation with
+    :class:`torchrl_awr.hooks.Evaluate`, replace any hook with :meth:`register_op`.
 
     Args:
         collector: a TorchRL collector running ``loss_module.actor_network``.
@@ -126,77 +192,84 @@ class AWRTrainer(Trainer):
         compile: bool = False,
         cudagraphs: bool = False,
     ) -> None:
-        frames_per_batch = frames_per_batch or collector.frames_per_batch
-        checkpoint = rotation = None
-        if checkpoint_dir is not None:
-            checkpoint = Checkpoint(rng=GlobalRNGState())
-            rotation = CheckpointRotation(checkpoint_dir, keep_last=keep_checkpoints)
         super().__init__(
             collector=collector,
-            total_frames=total_frames,
-            frame_skip=1,
-            optim_steps_per_batch=0,
             loss_module=loss_module,
+            total_frames=total_frames,
+            frames_per_batch=frames_per_batch or collector.frames_per_batch,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_interval=checkpoint_interval,
+            keep_checkpoints=keep_checkpoints,
             logger=logger,
             progress_bar=progress_bar,
             seed=seed,
-            log_interval=0,
-            save_trainer_interval=checkpoint_interval * frames_per_batch - 1,
-            checkpoint=checkpoint,
-            checkpoint_rotation=rotation,
-            auto_log_optim_steps=False,
         )
         self.replay_buffer = replay_buffer
-        self.clock = RunClock()
         if observation_norm is not None:
             UpdateObservationNorm(observation_norm, normalizer_samples).register(self)
         keys = loss_module.tensor_keys
         ExtendBuffer(replay_buffer, target_keys=(keys.advantage, keys.value_target)).register(self)
         LogEpisodeReturn().register(self)
-        actor, value = loss_module.actor_network, loss_module.value_network
-        RelabelTargets(replay_buffer, loss_module).register(self, "relabel_critic")
-        RegressionPhase(
-            "critic_phase",
-            loss_module.value_loss,
-            [*value.in_keys, keys.value_target],
+        critic_phase, actor_phase = make_phases(
+            loss_module,
             replay_buffer,
+            actor_optimizer,
             critic_optimizer,
-            critic_steps,
-            batch_size,
+            actor_steps=actor_steps,
+            critic_steps=critic_steps,
+            batch_size=batch_size,
             compile=compile,
             cudagraphs=cudagraphs,
-        ).register(self)
+        )
+        RelabelTargets(replay_buffer, loss_module).register(self, "relabel_critic")
+        critic_phase.register(self)
         RelabelTargets(replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer).register(
             self, "relabel_actor"
         )
-        RegressionPhase(
-            "actor_phase",
-            loss_module.actor_loss,
-            [*actor.in_keys, keys.action, keys.advantage],
-            replay_buffer,
-            actor_optimizer,
-            actor_steps,
-            batch_size,
-            compile=compile,
-            cudagraphs=cudagraphs,
-        ).register(self)
+        actor_phase.register(self)
+        actor = loss_module.actor_network
         UpdateWeights(collector, 1, policy_weights_getter=lambda: TensorDict.from_module(actor)).register(self)
         self.clock.register(self)
 
-    def resume(self, checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
-        """Restore the newest checkpoint in ``checkpoint_dir``; returns its path.
 
-        Raises:
-            ValueError: one line when there is no readable checkpoint there.
-        """
-        latest = CheckpointRotation(checkpoint_dir, keep_last=1).latest()
-        if latest is None:
-            raise ValueError(f"no checkpoint found in {str(checkpoint_dir)!r}; cannot resume.")
-        try:
-            self.load_from_file(latest)
-        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {reason}") from None
-        self._last_save = self.collected_frames
-        self.clock.start()
-        return latest
+def make_phases(
+    loss_module: AWRLoss,
+    replay_buffer: ReplayBuffer,
+    actor_optimizer: torch.optim.Optimizer,
+    critic_optimizer: torch.optim.Optimizer,
+    *,
+    actor_steps: int,
+    critic_steps: int,
+    batch_size: int,
+    **phase_kwargs: Any,
+) -> tuple[RegressionPhase, RegressionPhase]:
+    """AWR's critic and actor :class:`~torchrl_awr.RegressionPhase` over ``replay_buffer``.
+
+    Each phase reads the keys its loss method needs (the networks' in-keys and
+    the loss's ``value_target``, ``action`` and ``advantage`` keys);
+    ``phase_kwargs`` (``device``, ``compile``, ``cudagraphs``) go to both.
+    """
+    keys = loss_module.tensor_keys
+    actor, value = loss_module.actor_network, loss_module.value_network
+    critic_phase = RegressionPhase(
+        "critic_phase",
+        loss_module.value_loss,
+        [*value.in_keys, keys.value_target],
+        replay_buffer,
+        critic_optimizer,
+        critic_steps,
+        batch_size,
+        **phase_kwargs,
+    )
+    actor_phase = RegressionPhase(
+        "actor_phase",
+        loss_module.actor_loss,
+        [*actor.in_keys, keys.action, keys.advantage],
+        replay_buffer,
+        actor_optimizer,
+        actor_steps,
+        batch_size,
+        **phase_kwargs,
+    )
+    return critic_phase, actor_phase
+

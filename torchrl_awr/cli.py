@@ -1,0 +1,57 @@
+"""The training scripts' command line: ``key=value`` overrides in; an output dir, a summary line, or one error line out.
+
+Exit statuses: 0 done, 2 bad input (overrides, env id, dataset, checkpoint:
+one line on stderr, no traceback), 1 training diverged, 130 interrupted (the
+line says how to resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def run_command(
+    prog: str,
+    argv: list[str],
+    resolve: Callable[[list[str]], tuple[DictConfig, Path]],
+    run: Callable[..., dict],
+) -> int:
+    """Resolve ``argv`` into a config and an output dir with ``resolve``, train with ``run``; returns the exit status.
+
+    The overrides, less ``resume=`` and ``output_dir=``, tag the W&B run.
+    """
+    logging.getLogger("torchrl").setLevel(logging.WARNING)  # its INFO lines (spec checks) drown the progress bar
+    try:
+        cfg, output_dir = resolve(argv)
+    except ValueError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"output dir: {output_dir}", flush=True)
+    print(OmegaConf.to_yaml(cfg), flush=True)
+    try:
+        summary = run(cfg, output_dir, tags=[arg for arg in argv if not arg.startswith(("resume=", "output_dir="))])
+    except ValueError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; continue with: resume={output_dir}", file=sys.stderr)
+        return 130
+    except FloatingPointError as err:
+        print(
+            f"{prog}: error: training diverged ({str(err).rstrip('.')}); checkpoints from before it are in "
+            f"{output_dir / 'checkpoints'}: resume=<dir> with smaller learning rates (optim.actor_lr=...).",
+            file=sys.stderr,
+        )
+        return 1
+    unit = "gradient_steps" if "gradient_steps" in summary else "frames"
+    print(
+        f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f} "
+        f"after {summary[unit]} {unit.replace('_', ' ')} in {summary['wall_time_s'] / 60:.1f} min; "
+        f"output dir: {output_dir}"
+    )
+    return 0
