@@ -5,16 +5,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import script_runs
 import torch
+from script_runs import OFFLINE, ONLINE, ROOT, run_script
 from tensordict import TensorDict
 from torchrl.data import Bounded
 
@@ -23,9 +21,6 @@ from torchrl_awr.config import load_config
 from torchrl_awr.offline import DatasetError, load_dataset, make_offline_buffer, to_transitions
 from torchrl_awr.offline_trainer import build_offline_trainer, run_offline
 
-ROOT = Path(__file__).resolve().parents[1]
-OFFLINE = ROOT / "scripts" / "train_offline.py"
-ONLINE = ROOT / "scripts" / "train_mujoco.py"
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
 HAS_MINARI = importlib.util.find_spec("minari") is not None and importlib.util.find_spec("jax") is not None
 needs_h5py = pytest.mark.skipif(not HAS_H5PY, reason="h5py is not installed (pip install -e '.[offline]')")
@@ -48,13 +43,6 @@ def _datasets_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def run_script(script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-    )
 
 
 def check_run(proc: subprocess.CompletedProcess, out: Path, steps: int = 200) -> dict:
@@ -290,19 +278,7 @@ def test_sigkill_then_resume_continues_the_offline_run(tmp_path: Path) -> None:
     path = _datasets_module().write_hdf5(tmp_path / "mixed.hdf5", good=1, random=3, seed=0)
     out = tmp_path / "killed"
     args = [*FAST, "offline.steps=3000", "checkpoint.interval=1", "eval.interval=1"]
-    proc = subprocess.Popen(
-        [sys.executable, str(OFFLINE), "dataset.source=hdf5", f"dataset.path={path}", f"output_dir={out}", *args],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "checkpoints").glob("checkpoint-*"))) < 2:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    script_runs.sigkill_after_checkpoints(OFFLINE, "dataset.source=hdf5", f"dataset.path={path}", *args, out=out)
     with (out / "eval.csv").open() as f:
         assert 0 < int(list(csv.DictReader(f))[-1]["gradient_steps"]) < 3000
 

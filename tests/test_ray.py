@@ -6,16 +6,14 @@ Also the backend keys' bad input (no Ray needed): one line on stderr, exit statu
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+import script_runs
 import torch
 from collector_checks import assert_workers_act_with_the_learners_weights
 from tensordict import TensorDict
@@ -26,8 +24,7 @@ from torchrl_awr.config import load_config
 from torchrl_awr.envs import make_env
 from torchrl_awr.experiment import build_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "train_mujoco.py"
+SCRIPT = script_runs.ONLINE
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install -e '.[ray]')")
 RAY = [
@@ -50,11 +47,7 @@ def local_ray():
     ray.shutdown()
 
 
-def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-    )
+run_script = functools.partial(script_runs.run_script, SCRIPT, timeout=120)
 
 
 def read_frames(out: Path) -> list[int]:
@@ -115,20 +108,8 @@ def test_ray_run_killed_with_sigkill_resumes_like_single(tmp_path: Path) -> None
         "optim.batch_size=64",
         "logger.backend=csv",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args, f"output_dir={out}"],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline and len(list((out / "checkpoints").glob("checkpoint-*"))) < 2:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # the driver only: Ray's own processes must go with it
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # the driver only is killed: Ray's own processes must go with it
+    script_runs.sigkill_after_checkpoints(SCRIPT, *args, out=out, timeout=90, start_new_session=True)
     before = read_frames(out)
     assert 0 < before[-1] < 4000
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import signal
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import script_runs
 import torch
+from script_runs import ONLINE as SCRIPT
+from script_runs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "train_mujoco.py"
 FAST = [
     "optim.actor_steps=20",
     "optim.critic_steps=10",
@@ -27,11 +29,7 @@ FAST = [
 ]
 
 
-def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-    )
+run_script = functools.partial(script_runs.run_script, SCRIPT)
 
 
 def read_eval(path: Path) -> list[dict[str, float]]:
@@ -70,20 +68,7 @@ def test_wandb_offline_default_and_discrete_env(tmp_path: Path) -> None:
 def test_sigkill_then_resume_continues_the_run(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = ["env.name=Pendulum-v1", "collector.total_frames=12288", "checkpoint.interval=1", "eval.interval=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args, f"output_dir={out}", *FAST],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list((out / "checkpoints").glob("checkpoint-*"))) < 2:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    script_runs.sigkill_after_checkpoints(SCRIPT, *args, *FAST, out=out)
     before = read_eval(out)
     assert 0 < before[-1]["frames"] < 12288
 

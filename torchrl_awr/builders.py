@@ -13,9 +13,12 @@ from omegaconf import DictConfig
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
+from torchrl.trainers import Trainer
 
 from torchrl_awr.collectors import make_collector  # noqa: F401 - re-exported: builders stay one import
 from torchrl_awr.config import to_flat_dict
+from torchrl_awr.envs import make_env
+from torchrl_awr.hooks import Evaluate
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
 
@@ -110,6 +113,30 @@ def make_replay_buffer(cfg: DictConfig, output_dir: Path, device: torch.device) 
 def max_episode_steps(env_name: str) -> int:
     """The task's time limit (1000 where gymnasium registers none)."""
     return gym.spec(env_name).max_episode_steps or 1000
+
+
+def make_eval_env(cfg: DictConfig) -> EnvBase:
+    """``cfg.eval.episodes`` copies of the task stepped together, seeded apart from the training envs."""
+    return make_env(cfg.env.name, num_envs=cfg.eval.episodes, seed=cfg.seed + 10_000)
+
+
+def make_evaluate(
+    cfg: DictConfig, env: EnvBase, policy: torch.nn.Module, actor: torch.nn.Module, trainer: Trainer, output_dir: Path
+) -> Evaluate:
+    """Deterministic evaluation of ``policy`` on ``env`` every ``cfg.eval.interval`` iterations, into
+    ``<output_dir>/eval.csv``, registered on ``trainer``. A ``policy`` that is a copy of the learner's ``actor``
+    (see :func:`acting_policy`) takes its weights before each evaluation."""
+    evaluator = Evaluate(
+        env,
+        policy,
+        trainer.clock,
+        interval=cfg.eval.interval,
+        max_steps=max_episode_steps(cfg.env.name),
+        csv_path=output_dir / "eval.csv",
+        source=actor if policy is not actor else None,
+    )
+    evaluator.register(trainer)
+    return evaluator
 
 
 def make_logger(cfg: DictConfig, output_dir: Path, tags: list[str] | None = None) -> Logger | None:

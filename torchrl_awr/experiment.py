@@ -26,11 +26,12 @@ from torchrl_awr.builders import (
     acting_policy,
     learner_device,
     make_collector,
+    make_eval_env,
+    make_evaluate,
     make_logger,
     make_loss,
     make_optimizers,
     make_replay_buffer,
-    max_episode_steps,
     write_json,
 )
 from torchrl_awr.config import load_config
@@ -115,16 +116,7 @@ def build_trainer(
         compile=cfg.optim.compile,
         cudagraphs=cfg.optim.cudagraphs,
     )
-    evaluator = Evaluate(
-        make_env(cfg.env.name, num_envs=cfg.eval.episodes, seed=cfg.seed + 10_000),
-        policy,
-        trainer.clock,
-        interval=cfg.eval.interval,
-        max_steps=max_episode_steps(cfg.env.name),
-        csv_path=output_dir / "eval.csv",
-        source=loss.actor_network if policy is not loss.actor_network else None,
-    )
-    evaluator.register(trainer)
+    evaluator = make_evaluate(cfg, make_eval_env(cfg), policy, loss.actor_network, trainer, output_dir)
     return trainer, evaluator, {}
 
 

@@ -24,7 +24,7 @@ from torchrl.envs import EnvBase, ObservationNorm
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.trainers import Trainer, TrainerHookBase
 
-from torchrl_awr.loss import AWRLoss
+from torchrl_awr.loss import AWRLoss, standardize
 from torchrl_awr.targets import chronological_indices, relabel
 
 EVAL_CSV_FIELDS = ("wall_time_s", "eval_return_mean", "eval_return_std")  # after the clock's unit
@@ -174,6 +174,59 @@ class RelabelTargets(TrainerHookBase):
     def register(self, trainer: Trainer, name: str = "relabel_targets") -> None:
         self._trainer = trainer
         trainer.register_op("pre_optim_steps", self)
+
+
+class FixedTargets(TrainerHookBase):
+    """``offline.relabel=once``: TD(λ) targets computed once, then only the advantages ``A = R − V(s)`` refreshed.
+
+    At ``setup`` the targets are computed over the whole buffer with the
+    initial critic (use ``λ = 1`` for Monte-Carlo returns); before each actor
+    phase (``pre_optim_steps``) the advantages are recomputed against them with
+    the current critic, standardised over the buffer when ``normalize_advantage=True``
+    as :class:`RelabelTargets` does. The targets are part of the
+    state, so a resumed run keeps the ones it started with.
+    """
+
+    def __init__(self, replay_buffer: ReplayBuffer, loss_module: AWRLoss, normalize_advantage: bool = False) -> None:
+        self.replay_buffer = replay_buffer
+        self.loss_module = loss_module
+        self.normalize_advantage = normalize_advantage
+        self.relabel = RelabelTargets(replay_buffer, loss_module, log_prefix="relabel_once")
+        self.ready = False
+
+    def setup(self) -> None:
+        if not self.ready:
+            self.relabel()
+            self.ready = True
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        keys = self.loss_module.tensor_keys
+        storage = self.replay_buffer.storage
+        n = len(self.replay_buffer)
+        data = storage[:n].select(*self.loss_module.value_network.in_keys, keys.value_target)
+        value = self.loss_module.value_network(data).get(keys.value)
+        advantage = data.get(keys.value_target) - value
+        advantage = standardize(advantage) if self.normalize_advantage else advantage
+        storage[torch.arange(n)] = TensorDict({keys.advantage: advantage}, batch_size=[n])
+
+    def state_dict(self) -> dict[str, Any]:
+        targets = self.replay_buffer.storage[: len(self.replay_buffer)].get(self.loss_module.tensor_keys.value_target)
+        return {"ready": self.ready, "value_target": targets.cpu().clone()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.ready = bool(state_dict["ready"])
+        if self.ready:
+            targets = state_dict["value_target"]
+            n = targets.shape[0]
+            key = self.loss_module.tensor_keys.value_target
+            self.replay_buffer.storage[torch.arange(n)] = TensorDict({key: targets}, batch_size=[n])
+
+    def register(self, trainer: Trainer, name: str = "fixed_targets") -> None:
+        self.relabel._trainer = trainer
+        trainer.register_op("setup", self.setup)
+        trainer.register_op("pre_optim_steps", self)
+        trainer.register_module(name, self)
 
 
 def shuffled_indices(

@@ -22,75 +22,21 @@ from torch import Tensor
 from torchrl.data import ReplayBuffer
 from torchrl.objectives import BCLoss
 from torchrl.record.loggers import Logger
-from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_awr.builders import (
     acting_policy,
     learner_device,
+    make_eval_env,
+    make_evaluate,
     make_logger,
     make_loss,
     make_optimizers,
-    max_episode_steps,
 )
-from torchrl_awr.envs import make_env
 from torchrl_awr.experiment import resolve_run, run
-from torchrl_awr.hooks import Evaluate, RegressionPhase, RelabelTargets, UpdateObservationNorm
-from torchrl_awr.loss import AWRLoss, standardize
+from torchrl_awr.hooks import Evaluate, RegressionPhase, UpdateObservationNorm
+from torchrl_awr.loss import AWRLoss
 from torchrl_awr.offline import PATH_HELP, DatasetError, fit_to_env, load_dataset, make_offline_buffer
-from torchrl_awr.trainer import ResumableTrainer, make_phases
-
-
-class FixedTargets(TrainerHookBase):
-    """``offline.relabel=once``: TD(λ) targets computed once, then only the advantages ``A = R − V(s)`` refreshed.
-
-    At ``setup`` the targets are computed over the whole buffer with the
-    initial critic (use ``λ = 1`` for Monte-Carlo returns); before each actor
-    phase (``pre_optim_steps``) the advantages are recomputed against them with
-    the current critic, standardised over the buffer when ``normalize_advantage=True``
-    as :class:`~torchrl_awr.RelabelTargets` does. The targets are part of the
-    state, so a resumed run keeps the ones it started with.
-    """
-
-    def __init__(self, replay_buffer: ReplayBuffer, loss_module: AWRLoss, normalize_advantage: bool = False) -> None:
-        self.replay_buffer = replay_buffer
-        self.loss_module = loss_module
-        self.normalize_advantage = normalize_advantage
-        self.relabel = RelabelTargets(replay_buffer, loss_module, log_prefix="relabel_once")
-        self.ready = False
-
-    def setup(self) -> None:
-        if not self.ready:
-            self.relabel()
-            self.ready = True
-
-    @torch.no_grad()
-    def __call__(self) -> None:
-        keys = self.loss_module.tensor_keys
-        storage = self.replay_buffer.storage
-        n = len(self.replay_buffer)
-        data = storage[:n].select(*self.loss_module.value_network.in_keys, keys.value_target)
-        value = self.loss_module.value_network(data).get(keys.value)
-        advantage = data.get(keys.value_target) - value
-        advantage = standardize(advantage) if self.normalize_advantage else advantage
-        storage[torch.arange(n)] = TensorDict({keys.advantage: advantage}, batch_size=[n])
-
-    def state_dict(self) -> dict[str, Any]:
-        targets = self.replay_buffer.storage[: len(self.replay_buffer)].get(self.loss_module.tensor_keys.value_target)
-        return {"ready": self.ready, "value_target": targets.cpu().clone()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.ready = bool(state_dict["ready"])
-        if self.ready:
-            targets = state_dict["value_target"]
-            n = targets.shape[0]
-            key = self.loss_module.tensor_keys.value_target
-            self.replay_buffer.storage[torch.arange(n)] = TensorDict({key: targets}, batch_size=[n])
-
-    def register(self, trainer: Trainer, name: str = "fixed_targets") -> None:
-        self.relabel._trainer = trainer
-        trainer.register_op("setup", self.setup)
-        trainer.register_op("pre_optim_steps", self)
-        trainer.register_module(name, self)
+from torchrl_awr.trainer import ResumableTrainer, register_awr_update
 
 
 class GradientSteps:
@@ -140,7 +86,7 @@ class OfflineAWRTrainer(ResumableTrainer):
     the online iteration's ``relabel_critic`` → ``critic_phase`` →
     ``relabel_actor`` → ``actor_phase`` (TD(λ) targets recomputed over the whole
     dataset with the current critic before each phase); ``relabel="once"``
-    uses :class:`FixedTargets` instead. ``bc_loss`` (TorchRL's
+    uses :class:`~torchrl_awr.hooks.FixedTargets` instead. ``bc_loss`` (TorchRL's
     :class:`~torchrl.objectives.BCLoss` on the same actor) replaces all of it by
     one unweighted phase: behaviour cloning. ``collected_frames`` counts
     gradient steps, and so do the logger's steps, checkpoint intervals and
@@ -207,8 +153,6 @@ class OfflineAWRTrainer(ResumableTrainer):
         compile: bool = False,
         cudagraphs: bool = False,
     ) -> None:
-        if relabel not in ("refresh", "once"):
-            raise ValueError(f"relabel={relabel!r} is not allowed; choose refresh or once.")
         if actor_steps <= 0:
             raise ValueError(f"actor_steps={actor_steps!r}; offline training needs actor steps > 0.")
         super().__init__(
@@ -227,21 +171,9 @@ class OfflineAWRTrainer(ResumableTrainer):
         self.replay_buffer = replay_buffer
         self.register_op("batch_process", self._set_round_steps)
         phase_kwargs = {"device": device, "compile": compile, "cudagraphs": cudagraphs}
-        if bc_loss is not None:
-            keys = [*loss_module.actor_network.in_keys, loss_module.tensor_keys.action]
-            self.actor_phase = RegressionPhase(
-                "actor_phase",
-                _bc_loss_fn(bc_loss),
-                keys,
-                replay_buffer,
-                actor_optimizer,
-                actor_steps,
-                batch_size,
-                **phase_kwargs,
-            )
-            self.actor_phase.register(self)
-        else:
-            critic_phase, self.actor_phase = make_phases(
+        if bc_loss is None:
+            self.actor_phase = register_awr_update(
+                self,
                 loss_module,
                 replay_buffer,
                 actor_optimizer,
@@ -249,17 +181,21 @@ class OfflineAWRTrainer(ResumableTrainer):
                 actor_steps=actor_steps,
                 critic_steps=critic_steps,
                 batch_size=batch_size,
+                normalize_advantage_over_buffer=normalize_advantage_over_buffer,
+                relabel=relabel,
                 **phase_kwargs,
             )
-            if relabel == "refresh":
-                RelabelTargets(replay_buffer, loss_module).register(self, "relabel_critic")
-                critic_phase.register(self)
-                RelabelTargets(
-                    replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer
-                ).register(self, "relabel_actor")
-            else:
-                critic_phase.register(self)
-                FixedTargets(replay_buffer, loss_module, normalize_advantage_over_buffer).register(self)
+        else:
+            self.actor_phase = RegressionPhase(
+                "actor_phase",
+                _bc_loss_fn(bc_loss),
+                [*loss_module.actor_network.in_keys, loss_module.tensor_keys.action],
+                replay_buffer,
+                actor_optimizer,
+                actor_steps,
+                batch_size,
+                **phase_kwargs,
+            )
             self.actor_phase.register(self)
         self.clock.register(self)
 
@@ -303,7 +239,7 @@ def build_offline_trainer(
     torch.manual_seed(cfg.seed)
     device = learner_device(cfg)
     data = load_dataset(cfg.dataset.source, cfg.dataset.path, cfg.dataset.name)  # bad data fails before the env
-    eval_env = make_env(cfg.env.name, num_envs=cfg.eval.episodes, seed=cfg.seed + 10_000)
+    eval_env = make_eval_env(cfg)
     data = fit_to_env(data, eval_env, f"dataset {cfg.dataset.path!r}")
     if data.shape[0] < cfg.optim.batch_size:
         raise DatasetError(
@@ -342,16 +278,7 @@ def build_offline_trainer(
         compile=cfg.optim.compile,
         cudagraphs=cfg.optim.cudagraphs,
     )
-    evaluator = Evaluate(
-        eval_env,
-        policy,
-        trainer.clock,
-        interval=cfg.eval.interval,
-        max_steps=max_episode_steps(cfg.env.name),
-        csv_path=output_dir / "eval.csv",
-        source=loss.actor_network if policy is not loss.actor_network else None,
-    )
-    evaluator.register(trainer)
+    evaluator = make_evaluate(cfg, eval_env, policy, loss.actor_network, trainer, output_dir)
     dataset = {"source": cfg.dataset.source, "path": cfg.dataset.path, "name": cfg.dataset.name}
     return trainer, evaluator, {"algo": cfg.offline.algo, "dataset": dataset, "transitions": data.shape[0]}
 

@@ -16,6 +16,7 @@ from torchrl.trainers import Trainer, UpdateWeights
 
 from torchrl_awr.hooks import (
     ExtendBuffer,
+    FixedTargets,
     LogEpisodeReturn,
     RegressionPhase,
     RelabelTargets,
@@ -210,7 +211,8 @@ class AWRTrainer(ResumableTrainer):
         keys = loss_module.tensor_keys
         ExtendBuffer(replay_buffer, target_keys=(keys.advantage, keys.value_target)).register(self)
         LogEpisodeReturn().register(self)
-        critic_phase, actor_phase = make_phases(
+        register_awr_update(
+            self,
             loss_module,
             replay_buffer,
             actor_optimizer,
@@ -218,21 +220,17 @@ class AWRTrainer(ResumableTrainer):
             actor_steps=actor_steps,
             critic_steps=critic_steps,
             batch_size=batch_size,
+            normalize_advantage_over_buffer=normalize_advantage_over_buffer,
             compile=compile,
             cudagraphs=cudagraphs,
         )
-        RelabelTargets(replay_buffer, loss_module).register(self, "relabel_critic")
-        critic_phase.register(self)
-        RelabelTargets(replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer).register(
-            self, "relabel_actor"
-        )
-        actor_phase.register(self)
         actor = loss_module.actor_network
         UpdateWeights(collector, 1, policy_weights_getter=lambda: TensorDict.from_module(actor)).register(self)
         self.clock.register(self)
 
 
-def make_phases(
+def register_awr_update(
+    trainer: Trainer,
     loss_module: AWRLoss,
     replay_buffer: ReplayBuffer,
     actor_optimizer: torch.optim.Optimizer,
@@ -241,14 +239,26 @@ def make_phases(
     actor_steps: int,
     critic_steps: int,
     batch_size: int,
+    normalize_advantage_over_buffer: bool = False,
+    relabel: str = "refresh",
     **phase_kwargs: Any,
-) -> tuple[RegressionPhase, RegressionPhase]:
-    """AWR's critic and actor :class:`~torchrl_awr.RegressionPhase` over ``replay_buffer``.
+) -> RegressionPhase:
+    """Register AWR's update on ``trainer`` at ``pre_optim_steps``; returns the actor phase.
 
-    Each phase reads the keys its loss method needs (the networks' in-keys and
-    the loss's ``value_target``, ``action`` and ``advantage`` keys);
+    ``relabel="refresh"`` (the original; online and offline): ``relabel_critic``
+    → ``critic_phase`` → ``relabel_actor`` → ``actor_phase``, TD(λ) targets
+    recomputed over the whole buffer with the current critic before each phase.
+    ``relabel="once"`` (offline): :class:`~torchrl_awr.hooks.FixedTargets`
+    computes the targets at ``setup``, then ``critic_phase`` → ``fixed_targets``
+    (advantages against them) → ``actor_phase``. Each
+    :class:`~torchrl_awr.RegressionPhase` reads the keys its loss method needs;
     ``phase_kwargs`` (``device``, ``compile``, ``cudagraphs``) go to both.
+
+    Raises:
+        ValueError: ``relabel`` is neither ``"refresh"`` nor ``"once"``.
     """
+    if relabel not in ("refresh", "once"):
+        raise ValueError(f"relabel={relabel!r} is not allowed; choose refresh or once.")
     keys = loss_module.tensor_keys
     actor, value = loss_module.actor_network, loss_module.value_network
     critic_phase = RegressionPhase(
@@ -271,5 +281,14 @@ def make_phases(
         batch_size,
         **phase_kwargs,
     )
-    return critic_phase, actor_phase
-
+    if relabel == "refresh":
+        RelabelTargets(replay_buffer, loss_module).register(trainer, "relabel_critic")
+        critic_phase.register(trainer)
+        RelabelTargets(replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer).register(
+            trainer, "relabel_actor"
+        )
+    else:
+        critic_phase.register(trainer)
+        FixedTargets(replay_buffer, loss_module, normalize_advantage_over_buffer).register(trainer)
+    actor_phase.register(trainer)
+    return actor_phase
