@@ -10,9 +10,10 @@ from torchrl_awr.config import load_config
 from torchrl_awr.envs import make_env
 
 
-def assert_workers_act_with_the_learners_weights(overrides: list[str]) -> None:
+def assert_workers_act_with_the_learners_weights(overrides: list[str], lag: int = 0) -> None:
     """Collect a batch, move the learner (weights and normaliser), push its weights as ``UpdateWeights`` does,
-    and check that every worker's next batch was collected with exactly the learner's policy."""
+    and check that every worker's next batch was collected with exactly the learner's policy; with ``lag``,
+    the batch after ``lag`` more (an asynchronous collector's workers have a batch under way)."""
     cfg = load_config(overrides)
     env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=0)
     actor = make_loss(cfg, env).actor_network
@@ -28,6 +29,8 @@ def assert_workers_act_with_the_learners_weights(overrides: list[str]) -> None:
             norm.loc.fill_(0.5)
             norm.scale.fill_(2.0)
         collector.update_policy_weights_(TensorDict.from_module(actor))
+        for _ in range(lag):
+            next(batches)
         second = next(batches)
     finally:
         collector.shutdown()

@@ -223,6 +223,16 @@ def test_frames_per_batch_must_be_a_multiple_of_num_envs():
     assert load_config(["collector.frames_per_batch=104", "env.num_envs=8"]).collector.frames_per_batch == 104
 
 
+def test_asynchronous_collection_needs_worker_processes():
+    for backend in ("single", "ray"):
+        message = _one_line_error(["collector.sync=false", f"collector.backend={backend}"])
+        assert "collector.sync=false" in message and "collector.backend=multi" in message and backend in message
+    # an asynchronous worker collects a whole batch: frames_per_batch need not split among the workers
+    cfg = load_config(["collector.sync=false", "collector.backend=multi", "collector.num_workers=3"])
+    assert cfg.collector.frames_per_batch == 2048 and not cfg.collector.sync
+    assert "collector.num_workers=3" in _one_line_error(["collector.backend=multi", "collector.num_workers=3"])
+
+
 def test_cudagraphs_needs_a_cuda_device():
     message = _one_line_error(["optim.cudagraphs=true"])
     assert "optim.cudagraphs=true" in message and "device=cuda" in message

@@ -1,5 +1,9 @@
 """Collector backends by configuration: ``single`` (this process), ``multi`` (worker processes), ``ray`` (Ray actors).
 
+``multi`` with ``collector.sync=false`` is asynchronous (a ``MultiAsyncCollector``): each worker collects its next
+batch while the learner updates, so an iteration costs about ``max(collection, update)`` instead of their sum, at
+the price of one iteration of policy lag.
+
 All three are TorchRL's own collectors, built through ``Collector(backend=...)``. Each worker builds its env from
 the same env config (``env.name``, ``env.num_envs``), and the policy, observation normaliser included (it lives
 inside the network), reaches the workers through TorchRL's weight-update mechanism: the trainer's
@@ -39,6 +43,8 @@ def make_collector(cfg: DictConfig, env: EnvBase, policy: torch.nn.Module) -> Ba
     ``collector.backend=single`` steps ``env`` in this process; ``multi`` runs ``collector.num_workers`` worker
     processes (a ``MultiSyncCollector``) and ``ray`` as many Ray actors (a ``RayCollector``), each building its
     own env from the config; both return the workers' batches together, ``frames_per_batch`` frames in all.
+    ``multi`` with ``collector.sync=false`` (a ``MultiAsyncCollector``) returns one worker's batch of
+    ``frames_per_batch`` frames at a time, the workers collecting on while the learner updates.
 
     Examples:
         >>> from torchrl_awr.builders import make_loss
@@ -67,7 +73,7 @@ def make_collector(cfg: DictConfig, env: EnvBase, policy: torch.nn.Module) -> Ba
             policy,
             backend="process",
             num_collectors=workers,
-            sync=True,
+            sync=cfg.collector.sync,
             total_frames=-1,
             **common,
             **worker_options,

@@ -28,6 +28,9 @@ class CollectorConfig:
     backend: str = "single"  # single (this process) | multi (worker processes) | ray (Ray actors); collectors.py
     num_workers: int = 1  # workers with backend=multi|ray, each stepping env.num_envs envs
     ray_address: str = ""  # backend=ray: empty starts a local Ray instance; auto | ray://host:port joins a cluster
+    # false (backend=multi): each worker collects its next batch of frames_per_batch while the learner updates
+    # (batches come from the weights before the last actor phase); true: workers and learner take turns
+    sync: bool = True
 
 
 @dataclass
@@ -251,7 +254,13 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"loss.gamma={cfg.loss.gamma!r}, loss.lmbda={cfg.loss.lmbda!r}: both must lie in [0, 1].")
     if cfg.optim.cudagraphs and cfg.device == "cpu":
         raise ValueError("optim.cudagraphs=true captures CUDA graphs: it needs device=cuda (or auto on a GPU machine).")
-    workers = cfg.collector.num_workers if cfg.collector.backend in ("multi", "ray") else 1
+    if not cfg.collector.sync and cfg.collector.backend != "multi":
+        raise ValueError(
+            f"collector.sync=false needs collector.backend=multi (worker processes), got {cfg.collector.backend!r}."
+        )
+    # a synchronous collector splits a batch among its workers; an asynchronous one takes each from one worker
+    split = cfg.collector.backend in ("multi", "ray") and cfg.collector.sync
+    workers = cfg.collector.num_workers if split else 1
     if cfg.collector.frames_per_batch % (cfg.env.num_envs * workers):
         stepped = f"env.num_envs={cfg.env.num_envs}" + (f" x collector.num_workers={workers}" if workers > 1 else "")
         raise ValueError(
