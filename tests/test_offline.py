@@ -121,7 +121,7 @@ def test_hdf5_file_trains_offline_with_both_relabel_modes(tmp_path: Path) -> Non
     # targets computed once (Monte-Carlo returns with lmbda=1), then only advantages refreshed; and BC
     for extra in (["offline.relabel=once", "loss.lmbda=1"], ["offline.algo=bc"]):
         cfg = load_config(["dataset.source=hdf5", f"dataset.path={path}", *FAST, *extra, "logger.backend=none"])
-        summary = run_offline(cfg, tmp_path / extra[0].split("=")[1])
+        summary = run_offline(cfg, tmp_path / extra[0].split("=")[1], progress_bar=False)
         assert summary["gradient_steps"] == 200 and np.isfinite(summary["final_eval_return_mean"])
 
 
@@ -361,7 +361,7 @@ def test_awr_beats_behaviour_cloning_on_mixed_quality_data(tmp_path: Path) -> No
     returns = {}
     for algo in ("awr", "bc"):
         cfg = load_config([*common, f"offline.algo={algo}"])
-        returns[algo] = run_offline(cfg, tmp_path / algo)["final_eval_return_mean"]
+        returns[algo] = run_offline(cfg, tmp_path / algo, progress_bar=False)["final_eval_return_mean"]
     # random ≈ -1200, the good controller ≈ -130; measured here: AWR ≈ -290, BC ≈ -1170
     assert returns["awr"] > returns["bc"] + 400, returns
     assert returns["awr"] > -600, returns
