@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import script_runs
 import torch
-from script_runs import OFFLINE, ONLINE, ROOT, run_script
+from script_runs import OFFLINE, ONLINE, ROOT, run_script, sigkill_after_checkpoints
 from tensordict import TensorDict
 from torchrl.data import Bounded
 
@@ -278,7 +277,7 @@ def test_sigkill_then_resume_continues_the_offline_run(tmp_path: Path) -> None:
     path = _datasets_module().write_hdf5(tmp_path / "mixed.hdf5", good=1, random=3, seed=0)
     out = tmp_path / "killed"
     args = [*FAST, "offline.steps=3000", "checkpoint.interval=1", "eval.interval=1"]
-    script_runs.sigkill_after_checkpoints(OFFLINE, "dataset.source=hdf5", f"dataset.path={path}", *args, out=out)
+    sigkill_after_checkpoints(OFFLINE, "dataset.source=hdf5", f"dataset.path={path}", *args, out=out)
     with (out / "eval.csv").open() as f:
         assert 0 < int(list(csv.DictReader(f))[-1]["gradient_steps"]) < 3000
 

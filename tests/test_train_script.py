@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import script_runs
 import torch
-from script_runs import ONLINE as SCRIPT
-from script_runs import ROOT
 
 FAST = [
     "optim.actor_steps=20",
@@ -29,6 +27,7 @@ FAST = [
 ]
 
 
+SCRIPT, ROOT = script_runs.ONLINE, script_runs.ROOT
 run_script = functools.partial(script_runs.run_script, SCRIPT)
 
 
