@@ -102,6 +102,40 @@ def test_base_config_is_not_re_preset():
     assert cfg.loss.beta == pytest.approx(0.5)
 
 
+def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
+    cfg = load_config(["env.name=Walker2d-v5", "recipe=tuned"])
+    assert cfg.recipe == "tuned"
+    assert cfg.optim.optimizer == "adam"
+    assert cfg.optim.actor_lr == pytest.approx(1e-4)  # the recipe's, not Walker2d's SGD rate 2.5e-5
+    assert cfg.optim.critic_lr == pytest.approx(1e-3)
+    assert cfg.loss.beta == pytest.approx(0.5)
+    assert cfg.model.action_std == pytest.approx(0.4)  # the rest of the task preset still applies
+    assert cfg.model.normalizer_samples == 300_000
+    hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])
+    assert (hopper.optim.optimizer, hopper.loss.beta) == ("adam", pytest.approx(1.0))  # β = 0.5 stalled Hopper
+    other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
+    assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
+    original = load_config(["env.name=Walker2d-v5"])
+    assert original.recipe == "original"
+    assert (original.optim.optimizer, original.loss.beta) == ("sgd", pytest.approx(1.0))
+    assert original.optim.actor_lr == pytest.approx(2.5e-5)
+
+
+def test_cli_override_beats_recipe_and_resume_does_not_reapply_it():
+    cfg = load_config(["loss.beta=0.25", "recipe=tuned"])
+    assert cfg.loss.beta == pytest.approx(0.25)
+    assert cfg.optim.optimizer == "adam"
+    resumed = load_config(["optim.actor_lr=3e-4"], base=load_config(["recipe=tuned", "loss.beta=2"]))
+    assert resumed.loss.beta == pytest.approx(2.0)
+    assert resumed.optim.actor_lr == pytest.approx(3e-4)
+
+
+def test_unknown_recipe_names_the_choices():
+    message = _one_line_error(["recipe=fast"])
+    assert "recipe='fast'" in message
+    assert "original" in message and "tuned" in message
+
+
 # -------------------------------------------------------------------------------------------- overrides
 
 OVERRIDES = {
