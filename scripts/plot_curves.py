@@ -76,6 +76,7 @@ def main(argv: list[str]) -> int:
 
     reference = read_reference(args.reference, args.task)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=[c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["black"])  # 7: gray
     grid = np.linspace(0, args.max_frames, 200)
     ref = np.stack([np.interp(grid, *zip(*sorted(c), strict=True)) for c in reference.values()])
     ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
