@@ -122,7 +122,7 @@ class AWRConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
-    recipe: str = "original"  # original (the paper's settings) | tuned (RECIPES: measured to learn faster)
+    recipe: str = "original"  # original (the paper's settings) | tuned (RECIPES: Adam, and a lower β on some tasks)
     seed: int = 0
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
