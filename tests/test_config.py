@@ -111,8 +111,13 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     assert cfg.loss.beta == pytest.approx(0.5)
     assert cfg.model.action_std == pytest.approx(0.4)  # the rest of the task preset still applies
     assert cfg.model.normalizer_samples == 300_000
-    hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])
-    assert (hopper.optim.optimizer, hopper.loss.beta) == ("adam", pytest.approx(1.0))  # β = 0.5 stalled Hopper
+    hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])  # Hopper's own entry: the original's SGD, β = 1
+    assert (hopper.optim.optimizer, hopper.optim.actor_lr, hopper.optim.critic_lr, hopper.loss.beta) == (
+        "sgd",
+        pytest.approx(1e-4),
+        pytest.approx(1e-2),
+        pytest.approx(1.0),
+    )
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
     original = load_config(["env.name=Walker2d-v5"])
