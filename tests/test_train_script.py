@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 import script_runs
 import torch
+from tensordict import TensorDict
+
+from torchrl_awr.builders import make_replay_buffer
+from torchrl_awr.config import load_config
 
 FAST = [
     "optim.actor_steps=20",
@@ -64,9 +68,11 @@ def test_wandb_offline_default_and_discrete_env(tmp_path: Path) -> None:
     assert json.loads((out / "summary.json").read_text())["final_eval_return_mean"] > 0
 
 
-def test_sigkill_then_resume_continues_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["tensor", "memmap"])
+def test_sigkill_then_resume_continues_the_run(tmp_path: Path, storage: str) -> None:
     out = tmp_path / "killed"
     args = ["env.name=Pendulum-v1", "collector.total_frames=12288", "checkpoint.interval=1", "eval.interval=1"]
+    args.append(f"buffer.storage={storage}")  # memmap: the killed run's buffer files are still in <out>/buffer
     script_runs.sigkill_after_checkpoints(SCRIPT, *args, *FAST, out=out)
     before = read_eval(out)
     assert 0 < before[-1]["frames"] < 12288
@@ -148,6 +154,17 @@ def test_memmap_buffer_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any((out / "buffer").rglob("*.memmap"))  # the buffer lives on disk
     assert json.loads((out / "summary.json").read_text())["frames"] == 1024
+
+
+def test_memmap_buffer_resumes_from_the_checkpoint_not_the_stale_files(tmp_path: Path) -> None:
+    cfg = load_config(["buffer.storage=memmap", "buffer.size=8"])
+    buffer = make_replay_buffer(cfg, tmp_path, torch.device("cpu"))
+    buffer.extend(TensorDict({"x": torch.arange(8.0)}, [8]))
+    buffer.dumps(tmp_path / "checkpoint")
+    buffer.extend(TensorDict({"x": -torch.ones(8)}, [8]))  # written after the checkpoint, before the run was killed
+    restored = make_replay_buffer(cfg, tmp_path, torch.device("cpu"))  # the same scratch dir, files still there
+    restored.loads(tmp_path / "checkpoint")
+    assert torch.equal(restored[:]["x"], torch.arange(8.0))
 
 
 def test_tensorboard_backend_without_tensorboard_is_one_line(tmp_path: Path) -> None:

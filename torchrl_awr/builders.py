@@ -104,7 +104,7 @@ def make_optimizers(cfg: DictConfig, loss: AWRLoss) -> tuple[torch.optim.Optimiz
 def make_replay_buffer(cfg: DictConfig, output_dir: Path, device: torch.device) -> TensorDictReplayBuffer:
     """FIFO buffer of ``buffer.size`` transitions in RAM (``tensor``) or memory-mapped files (``memmap``)."""
     if cfg.buffer.storage == "memmap":
-        storage = LazyMemmapStorage(cfg.buffer.size, scratch_dir=output_dir / "buffer", device=device)
+        storage = LazyMemmapStorage(cfg.buffer.size, scratch_dir=output_dir / "buffer", device=device, existsok=True)
     else:
         storage = LazyTensorStorage(cfg.buffer.size, device=device)
     return TensorDictReplayBuffer(storage=storage)
