@@ -111,6 +111,9 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     assert cfg.loss.beta == pytest.approx(0.5)
     assert cfg.model.action_std == pytest.approx(0.4)  # the rest of the task preset still applies
     assert cfg.model.normalizer_samples == 300_000
+    assert cfg.buffer.size == 50_000
+    cheetah = load_config(["recipe=tuned"])
+    assert (cheetah.optim.optimizer, cheetah.loss.beta, cheetah.buffer.size) == ("adam", pytest.approx(0.5), 25_000)
     hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])  # Hopper's own entry: the original's SGD, β = 1
     assert (hopper.optim.optimizer, hopper.optim.actor_lr, hopper.optim.critic_lr, hopper.loss.beta) == (
         "sgd",
