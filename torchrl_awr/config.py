@@ -122,7 +122,7 @@ class AWRConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
-    recipe: str = "original"  # original (the paper's settings) | tuned (RECIPES: Adam, a lower β, per task)
+    recipe: str = "original"  # original (the paper's settings) | tuned (RECIPES: Adam, β and buffer size per task)
     seed: int = 0
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
