@@ -211,8 +211,8 @@ def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        # as from a terminal: an earlier test in the same pytest process can leave SIGINT ignored, which a child
-        # inherits, and Python then installs no KeyboardInterrupt handler
+        # as from a terminal: a child inherits an ignored SIGINT (pytest started as a background job of a
+        # non-interactive shell has one), and Python then installs no KeyboardInterrupt handler
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
