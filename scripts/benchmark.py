@@ -56,7 +56,7 @@ from torchrl_awr.builders import make_collector, make_loss, make_optimizers, mak
 from torchrl_awr.config import load_config
 from torchrl_awr.envs import make_env
 from torchrl_awr.experiment import build_trainer
-from torchrl_awr.hooks import RegressionPhase, shuffled_indices
+from torchrl_awr.update import RegressionPhase, shuffled_indices
 
 SECTIONS = ("update", "learner", "relabel", "collection", "iteration")
 ENV_NAME = "HalfCheetah-v5"

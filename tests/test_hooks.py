@@ -15,11 +15,10 @@ from torchrl_awr.hooks import (
     Evaluate,
     ExtendBuffer,
     LogEpisodeReturn,
-    RegressionPhase,
     RunClock,
     UpdateObservationNorm,
-    shuffled_indices,
 )
+from torchrl_awr.update import RegressionPhase, shuffled_indices
 
 
 class DummyTrainer:

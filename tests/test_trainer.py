@@ -15,12 +15,12 @@ from torchrl_awr import AWRLoss, AWRTrainer, make_awr_actor, make_awr_value, mak
 from torchrl_awr.hooks import (
     ExtendBuffer,
     LogEpisodeReturn,
-    RegressionPhase,
     RelabelTargets,
     RunClock,
     UpdateObservationNorm,
 )
 from torchrl_awr.targets import relabel
+from torchrl_awr.update import RegressionPhase
 
 FRAMES_PER_BATCH = 256
 TOTAL_FRAMES = 512

@@ -75,6 +75,7 @@ def make_collector(cfg: DictConfig, env: EnvBase, policy: torch.nn.Module) -> Ba
             num_collectors=workers,
             sync=cfg.collector.sync,
             total_frames=-1,
+            num_threads=cfg.threads,
             **common,
             **worker_options,
         )

@@ -1,9 +1,10 @@
 """Run configuration: one dataclass per part, per-task presets, ``key=value`` overrides.
 
-The defaults and presets are the original implementation's settings
-(``shared/AWR_REFERENCE.md``). Overrides use the Hydra/OmegaConf dot-list
-syntax (``loss.beta=0.5 optim.actor_lr=1e-4``), which is also what a W&B sweep
-agent passes with ``${args_no_hyphens}``.
+The defaults are the measured best (``recipe=tuned``, a compiled update, one
+torch thread; BENCHMARKS.md); ``recipe=original`` gives the original
+implementation's settings (its per-task presets are ``PRESETS``). Overrides use
+the Hydra/OmegaConf dot-list syntax (``loss.beta=0.5 optim.actor_lr=1e-4``),
+which is also what a W&B sweep agent passes with ``${args_no_hyphens}``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class OptimConfig:
     actor_steps: int = 1000
     critic_steps: int = 200
     batch_size: int = 256
-    compile: bool = False  # torch.compile each phase's update step
+    # each update step (minibatch, loss, gradients, SGD/Adam update) as one torch.compile graph; false: eager
+    compile: bool = True
     cudagraphs: bool = False  # capture each phase's update step as a CUDA graph (device=cuda)
 
 
@@ -122,8 +124,10 @@ class AWRConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
-    recipe: str = "original"  # original (the paper's settings) | tuned (RECIPES: Adam, β and buffer size per task)
+    recipe: str = "tuned"  # tuned (RECIPES: Adam, β and buffer size per task, measured) | original (the paper's)
     seed: int = 0
+    # torch threads of the learner process (collector worker processes use 1 each); BENCHMARKS.md "Threads"
+    threads: int = 1
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
     resume: str = ""  # an output dir of a killed run to continue
@@ -184,6 +188,7 @@ POSITIVE = (
     "checkpoint.interval",
     "checkpoint.keep_last",
     "offline.steps",
+    "threads",
 )
 
 
@@ -307,7 +312,7 @@ def to_flat_dict(cfg: DictConfig) -> dict[str, object]:
     W&B sweeps name their parameters this way, so the run's config and the swept values line up key for key.
 
     Examples:
-        >>> to_flat_dict(load_config([]))["loss.beta"]
+        >>> to_flat_dict(load_config(["recipe=original"]))["loss.beta"]
         1.0
     """
     values = {key: OmegaConf.select(cfg, key) for key in all_keys(cfg)}

@@ -135,6 +135,7 @@ def run(
     Raises:
         FloatingPointError: the final evaluation return is not finite.
     """
+    torch.set_num_threads(cfg.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         OmegaConf.save(cfg, output_dir / "config.yaml")

@@ -9,15 +9,12 @@ checkpoints through ``state_dict``/``load_state_dict``.
 from __future__ import annotations
 
 import csv
-import math
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import CudaGraphModule
 from torch import Tensor
 from torchrl.data import ReplayBuffer
 from torchrl.envs import EnvBase, ObservationNorm
@@ -25,7 +22,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_awr.loss import AWRLoss, standardize
-from torchrl_awr.targets import chronological_indices, relabel
+from torchrl_awr.targets import relabel
 
 EVAL_CSV_FIELDS = ("wall_time_s", "eval_return_mean", "eval_return_std")  # after the clock's unit
 
@@ -227,159 +224,6 @@ class FixedTargets(TrainerHookBase):
         trainer.register_op("setup", self.setup)
         trainer.register_op("pre_optim_steps", self)
         trainer.register_module(name, self)
-
-
-def shuffled_indices(
-    n: int, batch_size: int, steps: int, device: torch.device | str | None = None
-) -> Iterator[Tensor]:
-    """``steps`` minibatch index tensors from shuffled passes over ``range(n)`` (a new permutation per pass).
-
-    The original's sampling: every element once per pass; a pass's remainder
-    (``n % batch_size`` elements) is skipped, so every minibatch has ``batch_size`` indices.
-
-    Examples:
-        >>> batches = list(shuffled_indices(6, 3, 4))
-        >>> [len(b) for b in batches], sorted(torch.cat(batches[:2]).tolist())
-        ([3, 3, 3, 3], [0, 1, 2, 3, 4, 5])
-    """
-    if n < batch_size:
-        raise ValueError(f"batch_size={batch_size} exceeds the {n} transitions in the buffer.")
-    per_pass = n // batch_size
-    perm = torch.empty(0, dtype=torch.long)
-    for step in range(steps):
-        if step % per_pass == 0:
-            perm = torch.randperm(n, device=device)
-        start = (step % per_pass) * batch_size
-        yield perm[start : start + batch_size]
-
-
-class RegressionPhase(TrainerHookBase):
-    """One of AWR's two supervised phases: ``steps`` minibatch SGD steps on a loss method.
-
-    ``loss_fn`` is :meth:`AWRLoss.value_loss` (critic phase) or
-    :meth:`AWRLoss.actor_loss` (actor phase); each returns ``(loss, metadata)``.
-    At the start of a phase the buffer's ``keys`` are copied once into a
-    phase buffer of the replay buffer's capacity on ``device`` (checked for
-    non-finite values there), and minibatches are drawn from it by shuffled
-    passes. The averaged loss and metadata are logged under ``<name>/``;
-    a non-finite average raises :class:`FloatingPointError`. Stage: ``pre_optim_steps``.
-
-    One update (minibatch gather, loss, backward, optimizer step and the
-    running metric sums) is a single function of the minibatch indices, so it
-    can be compiled (``compile=True``: :func:`torch.compile`) and captured as a
-    CUDA graph (``cudagraphs=True``: :class:`tensordict.nn.CudaGraphModule`,
-    CUDA only), as TorchRL's sota-implementations do. The phase buffer keeps
-    fixed addresses across phases, which the captured graph reads. With Adam,
-    build the optimizer with ``capturable=True`` for CUDA graphs.
-
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
-        >>> from torchrl.data import Bounded
-        >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
-        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100))
-        >>> data = TensorDict(observation=torch.randn(100, 3), value_target=torch.ones(100, 1), batch_size=[100])
-        >>> _ = rb.extend(data)
-        >>> critic_optim = torch.optim.SGD(loss.value_network.parameters(), lr=0.1)
-        >>> phase = RegressionPhase("critic_phase", loss.value_loss, ["observation", "value_target"], rb,
-        ...                         critic_optim, steps=50, batch_size=25)
-        >>> before = loss.value_loss(rb.storage[:100])[0].item()
-        >>> phase()
-        >>> loss.value_loss(rb.storage[:100])[0].item() < before
-        True
-    """
-
-    def __init__(
-        self,
-        name: str,
-        loss_fn: Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]],
-        keys: list,
-        replay_buffer: ReplayBuffer,
-        optimizer: torch.optim.Optimizer,
-        steps: int,
-        batch_size: int,
-        clip_grad_norm: float | None = None,
-        *,
-        device: torch.device | str | None = None,
-        compile: bool = False,
-        cudagraphs: bool = False,
-    ) -> None:
-        self.name = name
-        self.loss_fn = loss_fn
-        self.keys = keys
-        self.replay_buffer = replay_buffer
-        self.optimizer = optimizer
-        self.steps = steps
-        self.batch_size = batch_size
-        self.clip_grad_norm = clip_grad_norm
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.device = torch.device(device) if device is not None else self.params[0].device
-        if cudagraphs and self.device.type != "cuda":
-            raise ValueError(f"{name}: cudagraphs=True needs a CUDA device, got device={str(self.device)!r}.")
-        self._data: TensorDictBase | None = None
-        self._totals: dict[str, Tensor] | None = None
-        self._optim_step = torch.compile(self._eager_optim_step) if compile else self._eager_optim_step
-        # A compiled step recompiles once when the optimizer state appears: capture after that.
-        self._update = CudaGraphModule(self._step, warmup=4 if compile else 2) if cudagraphs else self._step
-        self._trainer: Trainer | None = None
-
-    def _eager_optim_step(self, index: Tensor) -> dict[str, Tensor]:
-        loss, metadata = self.loss_fn(self._data[index])
-        loss.backward()
-        if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
-        self.optimizer.step()
-        return {"loss": loss.detach(), **metadata}
-
-    def _step(self, index: Tensor) -> None:
-        # Outside the compiled part: torch.compile does not trace Optimizer.zero_grad (a graph break).
-        self.optimizer.zero_grad(set_to_none=True)
-        metrics = self._optim_step(index)
-        if self._totals is None:
-            self._totals = {key: torch.zeros_like(value) for key, value in metrics.items()}
-        torch._foreach_add_(list(self._totals.values()), list(metrics.values()))
-
-    def _load(self) -> int:
-        """Copy the buffer's ``keys`` into the fixed phase buffer; returns the number of transitions."""
-        storage = self.replay_buffer.storage
-        data = storage.get(chronological_indices(self.replay_buffer)).select(*self.keys)
-        bad = [key for key, value in data.items(True, True) if not torch.isfinite(value).all()]
-        if bad:
-            raise ValueError(f"{self.name}: non-finite values in replay buffer entries {bad}; they must be finite.")
-        if self._data is None:
-            self._data = data[0].to(self.device).expand(storage.max_size).clone()
-        n = data.shape[0]
-        self._data[:n].update_(data)
-        return n
-
-    def __call__(self) -> None:
-        if self.steps == 0:
-            return
-        n = self._load()
-        if self._totals is not None:
-            torch._foreach_zero_(list(self._totals.values()))
-        for index in shuffled_indices(n, self.batch_size, self.steps, self.device):
-            self._update(index)
-        names = list(self._totals)
-        means = (torch.stack([self._totals[k].float() for k in names]) / self.steps).tolist()  # one sync per phase
-        metrics = {f"{self.name}/{k}": v for k, v in zip(names, means, strict=True)}
-        if not math.isfinite(metrics[f"{self.name}/loss"]):
-            raise FloatingPointError(f"{self.name}: the loss became non-finite ({metrics[f'{self.name}/loss']}).")
-        if self._trainer is not None:
-            self._trainer._log(**metrics)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict)
-
-    def register(self, trainer: Trainer, name: str | None = None) -> None:
-        self._trainer = trainer
-        trainer.register_op("pre_optim_steps", self)
-        trainer.register_module(name or self.name, self)
 
 
 class LogEpisodeReturn(TrainerHookBase):

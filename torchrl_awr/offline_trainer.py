@@ -33,10 +33,11 @@ from torchrl_awr.builders import (
     make_optimizers,
 )
 from torchrl_awr.experiment import resolve_run, run
-from torchrl_awr.hooks import Evaluate, RegressionPhase, UpdateObservationNorm
+from torchrl_awr.hooks import Evaluate, UpdateObservationNorm
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.offline import PATH_HELP, DatasetError, fit_to_env, load_dataset, make_offline_buffer
 from torchrl_awr.trainer import ResumableTrainer, register_awr_update
+from torchrl_awr.update import RegressionPhase
 
 
 class GradientSteps:

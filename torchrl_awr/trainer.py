@@ -18,12 +18,12 @@ from torchrl_awr.hooks import (
     ExtendBuffer,
     FixedTargets,
     LogEpisodeReturn,
-    RegressionPhase,
     RelabelTargets,
     RunClock,
     UpdateObservationNorm,
 )
 from torchrl_awr.loss import AWRLoss
+from torchrl_awr.update import RegressionPhase
 
 
 class ResumableTrainer(Trainer):

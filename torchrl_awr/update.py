@@ -1,0 +1,375 @@
+"""AWR's two regression phases and their update step: eager, or one compiled graph per step.
+
+A phase is ``steps`` minibatch updates of one loss method (:meth:`AWRLoss.value_loss` for the critic,
+:meth:`AWRLoss.actor_loss` for the actor) on a snapshot of the replay buffer. One update is a function of the
+minibatch indices:
+
+* **eager** (``compile=False``, the reference): ``loss.backward()`` and ``optimizer.step()``, as any PyTorch loop;
+* **one graph** (``compile=True``): minibatch gather, loss, gradients (:func:`torch.func.grad_and_value` through
+  :func:`torch.func.functional_call`) and the optimizer's update written as tensor ops
+  (:func:`sgd_update`, :func:`adam_update`: the same math as :class:`torch.optim.SGD` and
+  :class:`torch.optim.Adam`), compiled by :func:`torch.compile` with no graph break. It updates the parameters and
+  the optimizer's own state tensors in place, so ``optimizer.state_dict()``, checkpoints and the eager path see
+  exactly what the eager step would have left.
+
+An optimizer the graph cannot express, or a machine where compilation fails (no C++ compiler, an operator that
+cannot be traced), falls back to the eager step with one warning line.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import CudaGraphModule
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
+from torchrl.data import ReplayBuffer
+from torchrl.trainers import Trainer, TrainerHookBase
+
+from torchrl_awr.targets import chronological_indices
+
+LossFn = Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]]
+
+
+def shuffled_indices(
+    n: int, batch_size: int, steps: int, device: torch.device | str | None = None
+) -> Iterator[Tensor]:
+    """``steps`` minibatch index tensors from shuffled passes over ``range(n)`` (a new permutation per pass).
+
+    The original's sampling: every element once per pass; a pass's remainder
+    (``n % batch_size`` elements) is skipped, so every minibatch has ``batch_size`` indices.
+
+    Examples:
+        >>> batches = list(shuffled_indices(6, 3, 4))
+        >>> [len(b) for b in batches], sorted(torch.cat(batches[:2]).tolist())
+        ([3, 3, 3, 3], [0, 1, 2, 3, 4, 5])
+    """
+    if n < batch_size:
+        raise ValueError(f"batch_size={batch_size} exceeds the {n} transitions in the buffer.")
+    per_pass = n // batch_size
+    perm = torch.empty(0, dtype=torch.long)
+    for step in range(steps):
+        if step % per_pass == 0:
+            perm = torch.randperm(n, device=device)
+        start = (step % per_pass) * batch_size
+        yield perm[start : start + batch_size]
+
+
+# ------------------------------------------------------------------ optimizer updates as tensor ops
+def sgd_update(params: list[Tensor], grads: list[Tensor], state: list[dict[str, Tensor]], group: dict) -> None:
+    """:class:`torch.optim.SGD`'s update, in place, for ``dampening=0``.
+
+    ``state[i]["momentum_buffer"]`` starts at zeros (``momentum * 0 + g`` is the ``g`` torch.optim starts from).
+
+    Examples:
+        >>> p = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+        >>> state = init_optimizer_state(opt)
+        >>> with torch.no_grad():
+        ...     sgd_update([p], [torch.ones(2)], state, opt.param_groups[0])
+        >>> p.data
+        tensor([0.9000, 0.9000])
+    """
+    lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+    for param, grad, st in zip(params, grads, state, strict=True):
+        if weight_decay:
+            grad = grad + weight_decay * param
+        if momentum:
+            buf = st["momentum_buffer"]
+            buf.mul_(momentum).add_(grad)
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        param.add_(grad, alpha=-lr)
+
+
+def adam_update(params: list[Tensor], grads: list[Tensor], state: list[dict[str, Tensor]], group: dict) -> None:
+    """:class:`torch.optim.Adam`'s update (``amsgrad=False``), in place; the step count is a tensor in ``state``.
+
+    Examples:
+        >>> p = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([p], lr=0.1)
+        >>> state = init_optimizer_state(opt)
+        >>> with torch.no_grad():
+        ...     adam_update([p], [torch.ones(2)], state, opt.param_groups[0])
+        >>> p.data, state[0]["step"]
+        (tensor([0.9000, 0.9000]), tensor(1.))
+    """
+    lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    for param, grad, st in zip(params, grads, state, strict=True):
+        if weight_decay:
+            grad = grad + weight_decay * param
+        step = st["step"]
+        step.add_(1)
+        st["exp_avg"].lerp_(grad, 1 - beta1)
+        st["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        denom = (st["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(eps)
+        param.sub_(lr * st["exp_avg"] / (bias_correction1 * denom))
+
+
+UPDATES: dict[type, Callable[..., None]] = {torch.optim.SGD: sgd_update, torch.optim.Adam: adam_update}
+
+
+def unsupported(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why the one-graph step cannot express ``optimizer``'s update, or ``None`` when it can."""
+    if type(optimizer) not in UPDATES:
+        return f"{type(optimizer).__name__} (supported: SGD, Adam)"
+    for group in optimizer.param_groups:
+        for flag in ("maximize", "amsgrad", "differentiable"):
+            if group.get(flag):
+                return f"{type(optimizer).__name__}({flag}=True)"
+        if group.get("dampening"):
+            return f"SGD(dampening={group['dampening']})"
+    return None
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> list[dict[str, Tensor]]:
+    """The optimizer's per-parameter state, created where torch.optim would create it on its first step.
+
+    Returns one dict per parameter (in ``param_groups`` order), the same tensor objects as ``optimizer.state``,
+    so in-place updates of them are the optimizer's own state.
+    """
+    states = []
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state[param]
+            if isinstance(optimizer, torch.optim.SGD) and group["momentum"] and state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if isinstance(optimizer, torch.optim.Adam) and not state:
+                on_device = group.get("capturable") or group.get("fused")
+                state["step"] = torch.zeros((), device=param.device if on_device else None)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            states.append(state)
+    return states
+
+
+class _Objective(nn.Module):
+    """``loss_fn`` as a module whose parameters are those of ``owner``, for :func:`torch.func.functional_call`."""
+
+    def __init__(self, owner: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.owner = owner
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.loss_fn(batch)
+
+
+def loss_owner(loss_fn: LossFn) -> nn.Module | None:
+    """The module whose parameters ``loss_fn`` reads: itself if a module, else the module of a bound method."""
+    if isinstance(loss_fn, nn.Module):
+        return loss_fn
+    owner = getattr(loss_fn, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+# ------------------------------------------------------------------ the phase
+class RegressionPhase(TrainerHookBase):
+    """One of AWR's two supervised phases: ``steps`` minibatch updates of a loss method.
+
+    ``loss_fn`` is :meth:`AWRLoss.value_loss` (critic phase) or
+    :meth:`AWRLoss.actor_loss` (actor phase), or any module or module method
+    returning ``(loss, metadata)``. At the start of a phase the buffer's
+    ``keys`` are copied once into a phase buffer of the replay buffer's
+    capacity on ``device`` (checked for non-finite values there), and
+    minibatches are drawn from it by shuffled passes. The averaged loss and
+    metadata are logged under ``<name>/``; a non-finite average raises
+    :class:`FloatingPointError`. Stage: ``pre_optim_steps``.
+
+    One update is a function of the minibatch indices. With ``compile=True``
+    it is a single :func:`torch.compile` graph (see the module docstring):
+    minibatch gather, loss, gradients and the SGD or Adam update, compiled once
+    for the whole run. ``cudagraphs=True`` (CUDA only) captures the step as a
+    CUDA graph (:class:`tensordict.nn.CudaGraphModule`), as TorchRL's
+    sota-implementations do; build Adam with ``capturable=True`` then. The
+    phase buffer keeps fixed addresses across phases, which a compiled or
+    captured graph reads.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+        >>> from torchrl.data import Bounded
+        >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100))
+        >>> data = TensorDict(observation=torch.randn(100, 3), value_target=torch.ones(100, 1), batch_size=[100])
+        >>> _ = rb.extend(data)
+        >>> critic_optim = torch.optim.SGD(loss.value_network.parameters(), lr=0.1)
+        >>> phase = RegressionPhase("critic_phase", loss.value_loss, ["observation", "value_target"], rb,
+        ...                         critic_optim, steps=50, batch_size=25)
+        >>> before = loss.value_loss(rb.storage[:100])[0].item()
+        >>> phase()
+        >>> loss.value_loss(rb.storage[:100])[0].item() < before
+        True
+    """
+
+    def __init__(
+        self,
+        name: str,
+        loss_fn: LossFn,
+        keys: list,
+        replay_buffer: ReplayBuffer,
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+        batch_size: int,
+        clip_grad_norm: float | None = None,
+        *,
+        device: torch.device | str | None = None,
+        compile: bool = False,
+        cudagraphs: bool = False,
+    ) -> None:
+        self.name = name
+        self.loss_fn = loss_fn
+        self.keys = keys
+        self.replay_buffer = replay_buffer
+        self.optimizer = optimizer
+        self.steps = steps
+        self.batch_size = batch_size
+        self.clip_grad_norm = clip_grad_norm
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.device = torch.device(device) if device is not None else self.params[0].device
+        if cudagraphs and self.device.type != "cuda":
+            raise ValueError(f"{name}: cudagraphs=True needs a CUDA device, got device={str(self.device)!r}.")
+        self._data: TensorDictBase | None = None
+        self._totals: dict[str, Tensor] | None = None
+        self._trainer: Trainer | None = None
+        self.compiled = compile and self._can_compile()
+        if self.compiled:
+            self._objective = _Objective(loss_owner(loss_fn), loss_fn)
+            names = {id(p): n for n, p in self._objective.named_parameters(remove_duplicate=False)}
+            self._param_names = [names[id(p)] for p in self.params]
+            self._update_fn = UPDATES[type(optimizer)]
+            self._compiled_step = torch.compile(self._graph_step, fullgraph=True, dynamic=False)
+            self._state: list[dict[str, Tensor]] | None = None
+            self._graph_ready = False
+        self._update = CudaGraphModule(self._step, warmup=2) if cudagraphs else self._step
+
+    def _can_compile(self) -> bool:
+        reason = unsupported(self.optimizer)
+        owner = loss_owner(self.loss_fn)
+        if reason is None and owner is None:
+            reason = f"loss_fn {self.loss_fn!r} is neither a module nor a module's method"
+        if reason is None:
+            owned = {id(p) for p in owner.parameters()}
+            if not all(id(p) in owned for p in self.params):
+                reason = "the optimizer holds parameters that the loss's module does not"
+        if reason is not None:
+            warnings.warn(f"{self.name}: compile=True cannot express {reason}; updating eagerly.", stacklevel=3)
+        return reason is None
+
+    # -------------------------------------------------------------- update steps
+    def _eager_step(self, index: Tensor) -> dict[str, Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metadata = self.loss_fn(self._data[index])
+        loss.backward()
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        self.optimizer.step()
+        return {"loss": loss.detach(), **metadata}
+
+    def _objective_value(self, params: dict[str, Tensor], batch: TensorDictBase) -> tuple[Tensor, dict]:
+        loss, metadata = functional_call(self._objective, params, (batch,), strict=False)
+        return loss, {"loss": loss.detach(), **metadata}
+
+    def _graph_step(self, index: Tensor) -> dict[str, Tensor]:
+        batch = self._data[index]
+        params = {name: p.detach() for name, p in zip(self._param_names, self.params, strict=True)}
+        grads, (_, metrics) = grad_and_value(self._objective_value, has_aux=True)(params, batch)
+        grads = [grads[name] for name in self._param_names]
+        if self.clip_grad_norm is not None:  # torch.nn.utils.clip_grad_norm_'s rule
+            total = torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
+            coef = (self.clip_grad_norm / (total + 1e-6)).clamp_max(1.0)
+            grads = [g * coef for g in grads]
+        with torch.no_grad():
+            for group, offset in self._groups:
+                end = offset + len(group["params"])
+                self._update_fn(self.params[offset:end], grads[offset:end], self._state[offset:end], group)
+        return metrics
+
+    def _compiled_or_eager(self, index: Tensor) -> dict[str, Tensor]:
+        if self._graph_ready:
+            return self._compiled_step(index)
+        if self._state is None:
+            self._state = init_optimizer_state(self.optimizer)
+            offsets = [0]
+            for group in self.optimizer.param_groups[:-1]:
+                offsets.append(offsets[-1] + len(group["params"]))
+            self._groups = list(zip(self.optimizer.param_groups, offsets, strict=True))
+            # The first step runs the same function uncompiled: it registers tensordict's pytree nodes, whose
+            # registry the graph's guards read (compiled first, the graph would be compiled twice).
+            return self._graph_step(index)
+        self._graph_ready = True
+        try:
+            return self._compiled_step(index)
+        except Exception as err:  # noqa: BLE001 - compilation fails before the step runs: fall back, say why
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            warnings.warn(
+                f"{self.name}: compiling the update step failed ({type(err).__name__}: {reason[:200]}); "
+                "updating eagerly.",
+                stacklevel=2,
+            )
+            self.compiled = False
+            return self._eager_step(index)
+
+    def _step(self, index: Tensor) -> None:
+        metrics = self._compiled_or_eager(index) if self.compiled else self._eager_step(index)
+        if self._totals is None:
+            self._totals = {key: torch.zeros_like(value) for key, value in metrics.items()}
+        torch._foreach_add_(list(self._totals.values()), list(metrics.values()))
+
+    # -------------------------------------------------------------- the phase
+    def _load(self) -> int:
+        """Copy the buffer's ``keys`` into the fixed phase buffer; returns the number of transitions."""
+        storage = self.replay_buffer.storage
+        data = storage.get(chronological_indices(self.replay_buffer)).select(*self.keys)
+        bad = [key for key, value in data.items(True, True) if not torch.isfinite(value).all()]
+        if bad:
+            raise ValueError(f"{self.name}: non-finite values in replay buffer entries {bad}; they must be finite.")
+        if self._data is None:
+            self._data = data[0].to(self.device).expand(storage.max_size).clone()
+        n = data.shape[0]
+        self._data[:n].update_(data)
+        return n
+
+    def __call__(self) -> None:
+        if self.steps == 0:
+            return
+        n = self._load()
+        if self._totals is not None:
+            torch._foreach_zero_(list(self._totals.values()))
+        indices = shuffled_indices(n, self.batch_size, self.steps, self.device)
+        for index in indices:  # until a step has run this phase's graph with its guards checked
+            self._update(index)
+            if self.compiled and self._graph_ready:
+                break
+        # Nothing the guards check changes within a phase: the other steps skip them (~15% of a CPU step).
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=self.compiled):
+            for index in indices:
+                self._update(index)
+        names = list(self._totals)
+        means = (torch.stack([self._totals[k].float() for k in names]) / self.steps).tolist()  # one sync per phase
+        metrics = {f"{self.name}/{k}": v for k, v in zip(names, means, strict=True)}
+        if not math.isfinite(metrics[f"{self.name}/loss"]):
+            raise FloatingPointError(f"{self.name}: the loss became non-finite ({metrics[f'{self.name}/loss']}).")
+        if self._trainer is not None:
+            self._trainer._log(**metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+        if self.compiled:  # load_state_dict replaces the state tensors: the graph must read the new ones
+            self._state = init_optimizer_state(self.optimizer)
+
+    def register(self, trainer: Trainer, name: str | None = None) -> None:
+        self._trainer = trainer
+        trainer.register_op("pre_optim_steps", self)
+        trainer.register_module(name or self.name, self)
