@@ -11,8 +11,8 @@ Sections (``--sections``, comma-separated):
   as ``RegressionPhase`` does, against the same math in plain PyTorch on plain tensors (same
   weights: the plain nets are loaded from ours, and the two losses are checked to agree).
 * ``learner``: a whole learner phase (200 critic + 1000 actor steps, 50k buffer) through the
-  ``RegressionPhase`` hooks, eager on the CPU and, with ``device=cuda``, eager and CUDA-graphed
-  (``--compile`` adds ``torch.compile``), against plain-PyTorch phases on the same device.
+  ``RegressionPhase`` hooks, with SGD + momentum and with Adam, eager and compiled (one graph per update
+  step, the default) and, with ``device=cuda``, CUDA-graphed, against plain-PyTorch phases on the same device.
 * ``relabel``: ``torchrl_awr.relabel`` over a full (wrapped) 50k-transition buffer.
 * ``collection``: frames/s of our collector against raw gymnasium loops with random actions.
 * ``iteration``: a full AWR iteration through ``build_trainer`` with a full 50k buffer, its split,
@@ -62,7 +62,7 @@ SECTIONS = ("update", "learner", "relabel", "collection", "iteration")
 ENV_NAME = "HalfCheetah-v5"
 BUFFER_SIZE = 50_000
 EPISODE_LEN = 1000
-REFERENCE_MINUTES_1M = 30.0  # original AWR, HalfCheetah, its own hardware (shared/AWR_REFERENCE.md)
+REFERENCE_MINUTES_1M = 30.0  # original AWR, HalfCheetah, its own hardware (the paper's training logs, docs/reference)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -138,8 +138,14 @@ class PlainAWR:
         self.beta, self.log_clip = cfg.loss.beta, math.log(cfg.loss.max_weight)
         self.normalize = bool(getattr(loss, "normalize_advantage", True))  # follow ours: same math either way
         self.penalty = cfg.loss.action_bound_penalty
-        self.actor_opt = torch.optim.SGD(self.actor.parameters(), lr=cfg.optim.actor_lr, momentum=cfg.optim.momentum)
-        self.critic_opt = torch.optim.SGD(self.critic.parameters(), lr=cfg.optim.critic_lr, momentum=cfg.optim.momentum)
+
+        def make(params, lr: float) -> torch.optim.Optimizer:  # the optimizer of ours, in torch.optim's defaults
+            if cfg.optim.optimizer == "adam":
+                return torch.optim.Adam(params, lr=lr)
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum)
+
+        self.actor_opt = make(self.actor.parameters(), cfg.optim.actor_lr)
+        self.critic_opt = make(self.critic.parameters(), cfg.optim.critic_lr)
 
     def to(self, device: torch.device) -> PlainAWR:
         """A copy on ``device`` with fresh optimizers."""
@@ -147,8 +153,8 @@ class PlainAWR:
         for name in ("loc", "scale", "mid", "half", "var", "log_std"):
             setattr(other, name, getattr(self, name).to(device))
         other.actor, other.critic = copy.deepcopy(self.actor).to(device), copy.deepcopy(self.critic).to(device)
-        other.actor_opt = torch.optim.SGD(other.actor.parameters(), **self.actor_opt.defaults)
-        other.critic_opt = torch.optim.SGD(other.critic.parameters(), **self.critic_opt.defaults)
+        other.actor_opt = type(self.actor_opt)(other.actor.parameters(), **self.actor_opt.defaults)
+        other.critic_opt = type(self.critic_opt)(other.critic.parameters(), **self.critic_opt.defaults)
         return other
 
     @staticmethod
@@ -677,70 +683,77 @@ def bench_iteration(args, tmpdir: Path) -> dict:
     }
 
 
+LEARNER_RECIPES = {"sgd": "recipe=original", "adam": "recipe=tuned"}  # HalfCheetah: SGD + momentum, or Adam
+
+
 def bench_learner(args, tmpdir: Path) -> dict:
-    """One AWR learner phase (critic_steps + actor_steps over a full 50k buffer) per device and update variant.
+    """One AWR learner phase (critic_steps + actor_steps over a full 50k buffer) per optimizer and update variant.
 
-    Variants: ``RegressionPhase`` eager on the CPU (the reference), eager on the config's device, and where that
-    is a GPU, with ``compile`` / ``cudagraphs``; the plain-PyTorch phases on the same device as the baseline.
-    ``--compile`` adds the compiled variant on the config's device (on a CPU its compile takes about a minute).
+    For each optimizer (SGD with momentum, ``recipe=original``; Adam, ``recipe=tuned``, the default) the
+    ``RegressionPhase`` hooks run eager and compiled (``optim.compile``, the default: one graph per step), and on a
+    GPU also CUDA-graphed; the baseline is the same phases in plain eager PyTorch on the same device. Every
+    repeat times the baseline and then each variant back to back, so the ratio is a median of paired ratios.
+    ``--no-compile`` leaves the compiled variants out (their first call compiles, ~10 s on a CPU).
     """
-    cfg = base_config(*(["optim.actor_steps=100", "optim.critic_steps=20"] if args.quick else []))
-    device = resolve_device(cfg.device)
-    s = setup_update(cfg, tmpdir)
-    obs, action, advantage, value_target = s["tensors"]
-    variants: list[tuple[str, torch.device, dict]] = [("eager", torch.device("cpu"), {})]
-    if args.compile and device.type == "cpu":
-        variants.append(("compile", device, {"compile": True}))
-    if device.type == "cuda":
-        variants += [("eager", device, {}), ("cudagraphs", device, {"cudagraphs": True})]
-        if args.compile:
-            variants.append(("compile+cudagraphs", device, {"compile": True, "cudagraphs": True}))
+    quick = ["optim.actor_steps=100", "optim.critic_steps=20"] if args.quick else []
+    results: dict = {"variants": {}}
+    for optimizer, recipe in LEARNER_RECIPES.items():
+        cfg = base_config(recipe, *quick)
+        results.update(critic_steps=cfg.optim.critic_steps, actor_steps=cfg.optim.actor_steps)
+        device = resolve_device(cfg.device)
+        (tmpdir / optimizer).mkdir(exist_ok=True)
+        s = setup_update(cfg, tmpdir / optimizer)
+        variants: list[tuple[str, dict]] = [("eager", {})]
+        if not args.no_compile:
+            variants.append(("compiled", {"compile": True}))
+        if device.type == "cuda":
+            variants.append(("cudagraphs", {"cudagraphs": True}))
+            if not args.no_compile:
+                variants.append(("compiled+cudagraphs", {"compile": True, "cudagraphs": True}))
+        plain = s["plain"].to(device)
+        tensors = tuple(t.to(device) for t in s["tensors"])
 
-    def sync(dev: torch.device) -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def timed_phase(run, dev: torch.device) -> list[float]:
-        run()  # warm-up: compiles and captures
-        out = []
-        for _ in range(args.repeats):
-            sync(dev)
-            start = time.perf_counter()
-            run()
-            sync(dev)
-            out.append(time.perf_counter() - start)
-        return out
-
-    results: dict = {"critic_steps": cfg.optim.critic_steps, "actor_steps": cfg.optim.actor_steps, "variants": {}}
-    for dev in dict.fromkeys(d for _, d, _ in variants):
-        plain = s["plain"].to(dev)
-        tensors = tuple(t.to(dev) for t in (obs, action, advantage, value_target))
-
-        def plain_learner(plain=plain, t=tensors) -> None:
+        def plain_learner(plain=plain, t=tensors, cfg=cfg) -> None:
             plain_phase(plain.value_loss, (t[0], t[3]), plain.critic_opt, cfg.optim.critic_steps, cfg.optim.batch_size)
             plain_phase(plain.actor_loss, t[:3], plain.actor_opt, cfg.optim.actor_steps, cfg.optim.batch_size)
 
-        results[f"plain_{dev.type}_s"] = statistics.median(timed_phase(plain_learner, dev))
-    for name, dev, kwargs in variants:
-        loss = copy.deepcopy(s["loss"]).to(dev)
-        vcfg = base_config(f"optim.cudagraphs={bool(kwargs.get('cudagraphs'))}", f"device={dev.type}")
-        actor_opt, critic_opt = make_optimizers(vcfg, loss)
-        buffer = make_replay_buffer(cfg, tmpdir, dev)
-        buffer.extend(s["buffer"].storage.get(torch.arange(len(s["buffer"]))))
-        phases = [
-            RegressionPhase(phase, fn, keys, buffer, opt, steps, cfg.optim.batch_size, **kwargs)
-            for phase, fn, keys, opt, steps in (
-                ("critic_phase", loss.value_loss, s["critic_keys"], critic_opt, cfg.optim.critic_steps),
-                ("actor_phase", loss.actor_loss, s["actor_keys"], actor_opt, cfg.optim.actor_steps),
-            )
-        ]
-        log(f"learner: {name} on {dev} ...")
-        times = timed_phase(lambda phases=phases: [phase() for phase in phases], dev)
-        results["variants"][f"{name}_{dev.type}"] = {
-            "s": statistics.median(times),
-            "s_all": times,
-            "plain_s": results[f"plain_{dev.type}_s"],
-        }
+        runs: dict[str, Callable[[], object]] = {"plain": plain_learner}
+        for name, kwargs in variants:
+            loss = copy.deepcopy(s["loss"]).to(device)
+            vcfg = base_config(recipe, f"optim.cudagraphs={bool(kwargs.get('cudagraphs'))}", f"device={device.type}")
+            actor_opt, critic_opt = make_optimizers(vcfg, loss)
+            buffer = make_replay_buffer(cfg, tmpdir / optimizer, device)
+            buffer.extend(s["buffer"].storage.get(torch.arange(len(s["buffer"]))))
+            phases = [
+                RegressionPhase(phase, fn, keys, buffer, opt, steps, cfg.optim.batch_size, **kwargs)
+                for phase, fn, keys, opt, steps in (
+                    ("critic_phase", loss.value_loss, s["critic_keys"], critic_opt, cfg.optim.critic_steps),
+                    ("actor_phase", loss.actor_loss, s["actor_keys"], actor_opt, cfg.optim.actor_steps),
+                )
+            ]
+            runs[name] = lambda phases=phases: [phase() for phase in phases]
+        for name, run in runs.items():
+            log(f"learner: {optimizer}, {name} on {device}: warm-up{' (compiles)' if 'compiled' in name else ''} ...")
+            run()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                run()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[name].append(time.perf_counter() - start)
+        for name in runs:
+            if name != "plain":
+                results["variants"][f"{optimizer} {name} ({device.type})"] = {
+                    "s": statistics.median(times[name]),
+                    "plain_s": statistics.median(times["plain"]),
+                    "ratio": paired(times[name], times["plain"]),
+                    "s_all": times[name],
+                    "plain_s_all": times["plain"],
+                }
     return results
 
 
@@ -781,8 +794,8 @@ def table(results: dict) -> str:
         r = results["learner"]
         steps = f"{r['critic_steps']} critic + {r['actor_steps']} actor steps"
         for name, v in r["variants"].items():
-            row("learner", f"learner phase ({steps}), {name} vs plain PyTorch eager there", v["s"], v["plain_s"],
-                v["s"] / v["plain_s"], "s")
+            row("learner", f"learner phase ({steps}), {name} vs plain PyTorch eager", v["s"], v["plain_s"],
+                v["ratio"], "s")
     if "relabel" in results:
         r = results["relabel"]
         row("relabel", f"relabel over {r['buffer_size']:,} transitions", r["ms"], unit="ms")
@@ -847,7 +860,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="also cProfile our update step, relabel and collector; print the top N functions",
     )
-    parser.add_argument("--compile", action="store_true", help="learner: add the torch.compile variants")
+    parser.add_argument("--no-compile", action="store_true", help="learner: leave out the compiled variants")
     parser.add_argument("overrides", nargs="*", help="config overrides for every section, e.g. env.num_envs=16")
     args = parser.parse_args(argv)
     quick = args.quick

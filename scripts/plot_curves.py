@@ -1,12 +1,12 @@
 """Plot our eval curves against the original AWR's logged curves and print the comparison table.
 
     python scripts/plot_curves.py --task half_cheetah --runs docs/runs/halfcheetah-v5-seed0 \\
-        --reference ../shared/reference/awr_original_curves.csv --out docs/halfcheetah_vs_original.png
+        --out docs/halfcheetah_vs_original.png
 
-``--runs`` takes output dirs (each with ``eval.csv``); ``--reference`` is the
-original implementation's curves (columns env, seed, samples, test_return,
-wall_hours; 10 seeds per task, Gym -v2). The table gives the mean of the last
-three logged points at or below each budget, as in ``AWR_REFERENCE.md``.
+``--runs`` takes output dirs (each with ``eval.csv``); ``--reference`` (default
+``docs/reference/awr_original_curves.csv``) is the original implementation's curves (columns env, seed,
+samples, test_return, wall_hours; 10 seeds per task, Gym -v2). The table gives the mean of the last three
+logged points at or below each budget, as in the original's paper tables.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 BUDGETS = (300_000, 1_000_000, 3_000_000)
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "docs" / "reference" / "awr_original_curves.csv"  # from the xbpeng/awr logs (its README)
 
 
 def read_reference(path: Path, task: str) -> dict[str, list[tuple[float, float]]]:
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--task", required=True, help="task name in the reference CSV, e.g. half_cheetah")
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="our output dirs (with eval.csv)")
     parser.add_argument("--labels", nargs="*", help="legend labels for --runs")
-    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help=f"default: {REFERENCE.relative_to(ROOT)}")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-frames", type=float, default=3e6)
     args = parser.parse_args(argv)

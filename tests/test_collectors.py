@@ -30,7 +30,8 @@ def test_async_workers_collect_with_the_learners_weights_one_batch_later() -> No
 
 @pytest.mark.parametrize("overrides", [MULTI, ASYNC], ids=["sync", "async"])
 def test_multi_backend_counts_each_frame_once(overrides, tmp_path) -> None:
-    cfg = load_config([*overrides, "collector.total_frames=1200", "optim.actor_steps=2", "optim.critic_steps=2"])
+    cfg = load_config([*overrides, "collector.total_frames=1200", "optim.actor_steps=2", "optim.critic_steps=2",
+                       "optim.compile=false"])
     cfg.optim.batch_size = 64
     trainer, _, _ = build_trainer(cfg, tmp_path, progress_bar=False)
     trainer.train()

@@ -18,8 +18,16 @@ def _one_line_error(overrides: list[str]) -> str:
 # --------------------------------------------------------------------------------------------- defaults
 
 
-def test_defaults_are_the_original_awr_settings():
+def test_defaults_are_the_tuned_recipe_compiled_on_one_thread():
     cfg = load_config([])
+    assert (cfg.recipe, cfg.optim.compile, cfg.threads) == ("tuned", True, 1)
+    # HalfCheetah's tuned entry on top of its preset (BENCHMARKS.md "A tuned recipe")
+    assert (cfg.optim.optimizer, cfg.optim.actor_lr, cfg.optim.critic_lr) == ("adam", 1e-4, 1e-3)
+    assert (cfg.loss.beta, cfg.buffer.size) == (0.5, 25_000)
+
+
+def test_recipe_original_is_the_original_awr_settings():
+    cfg = load_config(["recipe=original"])
     assert cfg.env.name == "HalfCheetah-v5"
     assert cfg.optim.optimizer == "sgd"
     assert cfg.optim.critic_lr == pytest.approx(1e-2)
@@ -53,7 +61,7 @@ def test_defaults_are_the_original_awr_settings():
     ],
 )
 def test_task_presets(env_name, actor_lr, action_std, normalizer_samples):
-    cfg = load_config([f"env.name={env_name}"])
+    cfg = load_config([f"env.name={env_name}", "recipe=original"])  # the presets alone: the original's settings
     assert cfg.env.name == env_name
     assert cfg.optim.actor_lr == pytest.approx(actor_lr)
     assert cfg.model.action_std == pytest.approx(action_std)
@@ -65,7 +73,7 @@ def test_task_presets(env_name, actor_lr, action_std, normalizer_samples):
 
 def test_unknown_task_keeps_defaults():
     assert preset_for("CartPole-v1") == {}
-    cfg = load_config(["env.name=CartPole-v1"])
+    cfg = load_config(["env.name=CartPole-v1", "recipe=original"])
     schema = OmegaConf.structured(AWRConfig)
     assert cfg.optim.actor_lr == pytest.approx(schema.optim.actor_lr)
     assert cfg.model.action_std == pytest.approx(schema.model.action_std)
@@ -123,7 +131,7 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     )
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
-    original = load_config(["env.name=Walker2d-v5"])
+    original = load_config(["env.name=Walker2d-v5", "recipe=original"])
     assert original.recipe == "original"
     assert (original.optim.optimizer, original.loss.beta) == ("sgd", pytest.approx(1.0))
     assert original.optim.actor_lr == pytest.approx(2.5e-5)
@@ -153,7 +161,7 @@ OVERRIDES = {
     "collector.total_frames": ("12345", 12345),
     "collector.frames_per_batch": ("4096", 4096),
     "buffer.size": ("1000", 1000),
-    "loss.beta": ("0.5", 0.5),
+    "loss.beta": ("0.3", 0.3),
     "loss.max_weight": ("5", 5.0),
     "loss.gamma": ("0.9", 0.9),
     "loss.lmbda": ("0.8", 0.8),

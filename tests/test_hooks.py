@@ -1,4 +1,4 @@
-"""Trainer hooks, each on its own: normaliser, minibatches, evaluation, buffer, regression phase."""
+"""Trainer hooks, each on its own: normaliser, evaluation, buffer, episode returns, clock."""
 
 import copy
 import csv
@@ -6,11 +6,12 @@ import csv
 import gymnasium as gym
 import pytest
 import torch
+from fakes import DummyTrainer
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from torchrl_awr import hooks, make_awr_actor, make_env, make_observation_norm
+from torchrl_awr import make_awr_actor, make_env, make_observation_norm
 from torchrl_awr.hooks import (
     Evaluate,
     ExtendBuffer,
@@ -18,18 +19,6 @@ from torchrl_awr.hooks import (
     RunClock,
     UpdateObservationNorm,
 )
-from torchrl_awr.update import RegressionPhase, shuffled_indices
-
-
-class DummyTrainer:
-    """Stands in for a Trainer: records what hooks log."""
-
-    def __init__(self, collected_frames: int = 0) -> None:
-        self.logged: list[dict] = []
-        self.collected_frames = collected_frames
-
-    def _log(self, **kwargs) -> None:
-        self.logged.append(kwargs)
 
 
 def obs_batch(obs: torch.Tensor, mask: torch.Tensor | None = None) -> TensorDict:
@@ -102,39 +91,6 @@ def test_observation_norm_state_dict_round_trip():
     # loading must not alias the source tensors
     hook_b.total.add_(1.0)
     assert not torch.equal(hook_b.total, state["total"])
-
-
-# ----------------------------------------------------------------------------------- shuffled_indices
-
-
-def test_minibatches_cover_every_element_once_per_pass():
-    batches = list(shuffled_indices(12, batch_size=4, steps=9))
-    assert len(batches) == 9
-    assert all(b.shape == torch.Size([4]) and b.dtype == torch.long for b in batches)
-    passes = [torch.cat(batches[p * 3 : (p + 1) * 3]) for p in range(3)]
-    for seen in passes:
-        assert sorted(seen.tolist()) == list(range(12))
-    assert not all(torch.equal(passes[0], p) for p in passes[1:])  # a new permutation per pass
-
-
-def test_minibatches_with_remainder_never_repeat_within_a_pass():
-    batches = list(shuffled_indices(10, batch_size=3, steps=7))  # 3 per pass: 3 + 3 + 1
-    assert len(batches) == 7
-    assert [len(b) for b in batches] == [3] * 7
-    for p in range(2):
-        seen = torch.cat(batches[p * 3 : (p + 1) * 3]).tolist()
-        assert len(set(seen)) == 9
-
-
-def test_minibatches_exact_steps_and_whole_data():
-    assert list(shuffled_indices(5, batch_size=2, steps=0)) == []
-    batches = list(shuffled_indices(5, batch_size=5, steps=2))
-    assert [sorted(b.tolist()) for b in batches] == [[0, 1, 2, 3, 4]] * 2
-
-
-def test_minibatches_reject_batch_larger_than_data():
-    with pytest.raises(ValueError, match="batch_size=6"):
-        next(shuffled_indices(5, batch_size=6, steps=1))
 
 
 # ------------------------------------------------------------------------------------------- Evaluate
@@ -300,222 +256,6 @@ def test_extend_buffer_state_dict_round_trip():
     assert rb_b.write_count == 13
     torch.testing.assert_close(rb_b.storage[:10]["x"], rb_a.storage[:10]["x"])
 
-
-# ---------------------------------------------------------------------------------------- RegressionPhase
-
-
-class CountingSGD(torch.optim.SGD):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls = 0
-
-    def step(self, closure=None):
-        self.calls += 1
-        return super().step(closure)
-
-
-def regression_setup(steps: int, n: int = 32, batch_size: int = 8):
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(64))
-    x = torch.randn(n, 1)
-    rb.extend(TensorDict(x=x, y=3 * x, unused=torch.zeros(n, 1), batch_size=[n]))
-    weight = torch.nn.Parameter(torch.zeros(1))
-    optimizer = CountingSGD([weight], lr=0.1)
-    record = []
-
-    def loss_fn(batch):
-        assert set(batch.keys()) == {"x", "y"}  # only the requested keys are read
-        assert batch.batch_size == torch.Size([batch_size])
-        loss = ((weight * batch["x"] - batch["y"]) ** 2).mean()
-        aux = batch["x"].abs().mean()
-        record.append((loss.item(), aux.item(), weight.item()))
-        return loss, {"aux": aux}
-
-    phase = RegressionPhase("critic_phase", loss_fn, ["x", "y"], rb, optimizer, steps, batch_size)
-    trainer = DummyTrainer()
-    phase._trainer = trainer
-    return phase, optimizer, weight, record, trainer
-
-
-def test_regression_phase_steps_and_averaged_metrics():
-    phase, optimizer, weight, record, trainer = regression_setup(steps=3)
-    phase()
-    assert optimizer.calls == 3
-    assert len(record) == 3
-    assert [w for *_, w in record] == sorted(w for *_, w in record)  # each step moved the weight towards 3
-    assert len({w for *_, w in record}) == 3
-    assert 0 < weight.item() < 3
-    assert trainer.logged == [
-        {
-            "critic_phase/loss": pytest.approx(sum(r[0] for r in record) / 3),
-            "critic_phase/aux": pytest.approx(sum(r[1] for r in record) / 3),
-        }
-    ]
-
-
-def test_regression_phase_zero_steps_does_nothing():
-    phase, optimizer, weight, record, trainer = regression_setup(steps=0)
-    phase()
-    assert optimizer.calls == 0 and record == [] and trainer.logged == []
-    assert weight.item() == 0.0
-
-
-def test_regression_phase_non_finite_loss_raises():
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(8))
-    rb.extend(TensorDict(x=torch.ones(8, 1), batch_size=[8]))
-    weight = torch.nn.Parameter(torch.zeros(1))
-
-    def loss_fn(batch):
-        return (weight * batch["x"]).mean() * float("nan"), {}
-
-    phase = RegressionPhase("actor_phase", loss_fn, ["x"], rb, torch.optim.SGD([weight], lr=0.1), 2, 4)
-    with pytest.raises(FloatingPointError, match="actor_phase"):
-        phase()
-
-
-def test_regression_phase_state_dict_is_the_optimizer_state():
-    phase, optimizer, *_ = regression_setup(steps=2)
-    optimizer.param_groups[0]["momentum"] = 0.9
-    phase()
-    state = phase.state_dict()
-    assert state["param_groups"][0]["lr"] == pytest.approx(0.1)
-    assert "momentum_buffer" in state["state"][0]
-
-
-def test_regression_phase_rejects_non_finite_buffer_entries():
-    phase, optimizer, *_ = regression_setup(steps=2)
-    phase.replay_buffer.storage._storage["y"][3] = float("nan")
-    with pytest.raises(ValueError, match=r"critic_phase: non-finite values in replay buffer entries \['y'\]"):
-        phase()
-    assert optimizer.calls == 0
-
-
-def test_regression_phase_follows_the_buffer_across_phases():
-    """The phase buffer has fixed addresses (as a captured graph needs) and holds the buffer's newest content."""
-    phase, optimizer, weight, record, trainer = regression_setup(steps=1, n=8, batch_size=8)
-    phase()
-    data, address = phase._data, phase._data["x"].data_ptr()
-    phase.replay_buffer.extend(TensorDict(x=torch.full((8, 1), 2.0), y=torch.zeros(8, 1), batch_size=[8]))
-    phase()
-    assert phase._data is data and data["x"].data_ptr() == address and data.shape == (64,)
-    torch.testing.assert_close(data["x"][8:16], torch.full((8, 1), 2.0))
-    assert len(record) == 2
-
-
-def test_regression_phase_cudagraphs_needs_cuda():
-    phase, optimizer, *_ = regression_setup(steps=1)
-    with pytest.raises(ValueError, match="cudagraphs=True needs a CUDA device, got device='cpu'"):
-        RegressionPhase("critic_phase", phase.loss_fn, ["x", "y"], phase.replay_buffer, optimizer, 1, 8,
-                        cudagraphs=True)
-
-
-# ------------------------------------------------------------------- compiled and captured updates
-
-
-def awr_phases(device: str, optimizer: str, **kwargs):
-    """Both AWR phases on a fixed HalfCheetah-sized buffer (128 transitions), built identically for each call."""
-    torch.manual_seed(0)
-    from torchrl.data import Bounded
-
-    from torchrl_awr import AWRLoss, make_awr_value
-
-    action_spec = Bounded(-1.0, 1.0, shape=(6,))
-    norm = make_observation_norm(17)
-    loss = AWRLoss(
-        make_awr_actor(17, action_spec, hidden_sizes=(32, 16), observation_norm=norm),
-        make_awr_value(17, hidden_sizes=(32, 16), observation_norm=norm),
-        action_bound_penalty=10.0,
-        action_spec=action_spec,
-    ).to(device)
-    n = 128
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(256, device=device))
-    rb.extend(
-        TensorDict(
-            observation=torch.randn(n, 17),
-            action=torch.rand(n, 6) * 2 - 1,
-            advantage=torch.randn(n, 1),
-            value_target=torch.randn(n, 1) * 5,
-            batch_size=[n],
-        )
-    )
-
-    def make_opt(module):
-        if optimizer == "adam":
-            return torch.optim.Adam(module.parameters(), lr=1e-3, capturable=kwargs.get("cudagraphs", False))
-        return torch.optim.SGD(module.parameters(), lr=1e-2, momentum=0.9)
-
-    keys = loss.tensor_keys
-    critic = RegressionPhase("critic_phase", loss.value_loss, ["observation", keys.value_target], rb,
-                             make_opt(loss.value_network), 12, 32, **kwargs)
-    actor = RegressionPhase("actor_phase", loss.actor_loss, ["observation", keys.action, keys.advantage], rb,
-                            make_opt(loss.actor_network), 12, 32, **kwargs)
-    critic._trainer = actor._trainer = DummyTrainer()
-    return loss, critic, actor
-
-
-def run_phases(device: str, optimizer: str = "sgd", repeats: int = 2, **kwargs):
-    """Parameters and logged metrics after ``repeats`` rounds of both phases (12 steps each), fixed seeds."""
-    loss, critic, actor = awr_phases(device, optimizer, **kwargs)
-    for _ in range(repeats):
-        critic()
-        actor()
-    params = {k: v.detach().cpu() for k, v in loss.named_parameters()}
-    return params, critic._trainer.logged
-
-
-def assert_same_updates(ours, eager, rtol: float, atol: float):
-    ours_params, ours_logs = ours
-    eager_params, eager_logs = eager
-    for name in eager_params:
-        torch.testing.assert_close(ours_params[name], eager_params[name], rtol=rtol, atol=atol, msg=name)
-    assert len(ours_logs) == len(eager_logs) == 4
-    for got, want in zip(ours_logs, eager_logs, strict=True):
-        assert got.keys() == want.keys()
-        for key in want:
-            assert got[key] == pytest.approx(want[key], rel=rtol * 10, abs=atol * 10), key
-
-
-def test_compiled_update_matches_eager_on_cpu():
-    eager = run_phases("cpu")
-    moved = {k: v for k, v in awr_phases("cpu", "sgd")[0].named_parameters()}
-    assert any(not torch.equal(eager[0][k], moved[k].detach()) for k in moved)  # the phases did train
-    assert_same_updates(run_phases("cpu", compile=True), eager, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_update_step_has_no_host_sync(optimizer):
-    """The CPU stand-in for CUDA stream capture, which refuses a host sync (a tensor read as a Python value,
-    a data-dependent branch): torch.compile may break an update's graph only where a training step always
-    breaks, at ``backward()``. TorchRL's ObservationNorm branched on a tensor buffer here, and failed on a GPU."""
-    _, *phases = awr_phases("cpu", optimizer)
-    for phase in phases:
-        phase()  # loads the phase buffer and creates the optimizer state
-        explained = torch._dynamo.explain(phase._eager_optim_step)(torch.arange(32))
-        reasons = [r.reason.splitlines()[0] for r in explained.break_reasons]
-        assert reasons, "explain found no graph break at backward(): this check no longer sees breaks"
-        assert all(r.startswith("Unsupported Tensor.backward() call") for r in reasons), (phase.name, reasons)
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@cuda
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("compile", [False, True])
-def test_cudagraph_update_matches_eager_on_cuda(optimizer, compile):
-    eager = run_phases("cuda", optimizer)
-    assert_same_updates(run_phases("cuda", optimizer, compile=compile, cudagraphs=True), eager, rtol=1e-5, atol=1e-6)
-
-
-def cyclic_indices(n: int, batch_size: int, steps: int, device=None):
-    """Minibatches without a random permutation: CPU and CUDA generators draw different ones."""
-    for step in range(steps):
-        yield (torch.arange(batch_size) + step * batch_size).remainder(n).to(device)
-
-
-@cuda
-def test_cuda_update_matches_cpu(monkeypatch):
-    monkeypatch.setattr(hooks, "shuffled_indices", cyclic_indices)
-    assert_same_updates(run_phases("cuda"), run_phases("cpu"), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ logging helpers

@@ -34,6 +34,7 @@ FAST = [
     "optim.batch_size=64",
     "eval.episodes=2",
     "logger.backend=csv",
+    "optim.compile=false",
 ]
 
 

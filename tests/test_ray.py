@@ -33,6 +33,7 @@ RAY = [
     "collector.num_workers=2",
     "env.num_envs=2",
     "collector.frames_per_batch=400",
+    "optim.compile=false",
     "logger.backend=none",
 ]
 

@@ -28,6 +28,7 @@ SHORT_RUN = [
     "eval.interval=1",
     "eval.episodes=2",
     "logger.mode=offline",
+    "optim.compile=false",
 ]
 
 

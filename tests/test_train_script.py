@@ -27,6 +27,7 @@ FAST = [
     "collector.frames_per_batch=512",
     "env.num_envs=2",
     "eval.episodes=2",
+    "optim.compile=false",  # test_defaults_... runs the compiled default
     "logger.backend=csv",
 ]
 
@@ -60,12 +61,15 @@ def test_short_run_writes_outputs(tmp_path: Path) -> None:
     assert any(k.endswith("loc") for k in state)  # the observation normaliser ships with the policy
 
 
-def test_wandb_offline_default_and_discrete_env(tmp_path: Path) -> None:
+def test_defaults_wandb_offline_compiled_update_and_discrete_env(tmp_path: Path) -> None:
     out = tmp_path / "cartpole"
-    proc = run_script("env.name=CartPole-v1", "collector.total_frames=1024", f"output_dir={out}", *FAST[:-1])
+    defaults = [arg for arg in FAST if not arg.startswith(("logger.", "optim.compile"))]
+    proc = run_script("env.name=CartPole-v1", "collector.total_frames=1024", f"output_dir={out}", *defaults)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((out / "wandb").glob("offline-run-*")), "W&B must run offline by default"
     assert json.loads((out / "summary.json").read_text())["final_eval_return_mean"] > 0
+    assert "updating eagerly" not in proc.stderr  # the compiled update ran
+    assert "compile: true" in (out / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("storage", ["tensor", "memmap"])
@@ -100,6 +104,8 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error 
         (["optim.actorlr=1e-3"], "unknown override key 'optim.actorlr'"),
         (["resume=/nonexistent/run"], "resume='/nonexistent/run'"),
         (["logger.backend=mlflow"], "logger.backend='mlflow'"),
+        (["threads=0"], "threads=0 is invalid; it must be > 0"),
+        (["threads=abc"], "bad override threads: Value 'abc'"),
         (["optim.cudagraphs=true"], "optim.cudagraphs=true captures CUDA graphs: it needs device=cuda"),
         pytest.param(["device=cuda"], "no CUDA device is available", marks=NO_GPU),
         pytest.param(["device=auto", "optim.cudagraphs=true"], "optim.cudagraphs=true needs a CUDA device",

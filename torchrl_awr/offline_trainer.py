@@ -11,14 +11,14 @@ from a config, for ``scripts/train_offline.py``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from tensordict import TensorDict, TensorDictBase
-from torch import Tensor
+from torch import Tensor, nn
 from torchrl.data import ReplayBuffer
 from torchrl.objectives import BCLoss
 from torchrl.record.loggers import Logger
@@ -189,7 +189,7 @@ class OfflineAWRTrainer(ResumableTrainer):
         else:
             self.actor_phase = RegressionPhase(
                 "actor_phase",
-                _bc_loss_fn(bc_loss),
+                BCObjective(bc_loss),
                 [*loss_module.actor_network.in_keys, loss_module.tensor_keys.action],
                 replay_buffer,
                 actor_optimizer,
@@ -205,11 +205,15 @@ class OfflineAWRTrainer(ResumableTrainer):
         self.actor_phase.steps = batch.numel()
 
 
-def _bc_loss_fn(bc_loss: BCLoss) -> Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]]:
-    def loss_fn(batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        return bc_loss(batch).get("loss_bc"), {}
+class BCObjective(nn.Module):
+    """TorchRL's :class:`~torchrl.objectives.BCLoss` as a phase's ``(loss, metadata)`` function."""
 
-    return loss_fn
+    def __init__(self, bc_loss: BCLoss) -> None:
+        super().__init__()
+        self.bc_loss = bc_loss
+
+    def forward(self, batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.bc_loss(batch).get("loss_bc"), {}
 
 
 def resolve_offline_run(overrides: list[str]) -> tuple[DictConfig, Path]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDictBase, TensorDictParams
 from tensordict.nn import CudaGraphModule
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
@@ -248,7 +248,7 @@ class RegressionPhase(TrainerHookBase):
             self._update_fn = UPDATES[type(optimizer)]
             self._compiled_step = torch.compile(self._graph_step, fullgraph=True, dynamic=False)
             self._state: list[dict[str, Tensor]] | None = None
-            self._graph_ready = False
+            self._traced = self._graph_ready = False
         self._update = CudaGraphModule(self._step, warmup=2) if cudagraphs else self._step
 
     def _can_compile(self) -> bool:
@@ -256,6 +256,9 @@ class RegressionPhase(TrainerHookBase):
         owner = loss_owner(self.loss_fn)
         if reason is None and owner is None:
             reason = f"loss_fn {self.loss_fn!r} is neither a module nor a module's method"
+        if reason is None and any(isinstance(m, TensorDictParams) for m in owner.modules()):
+            # a functional TorchRL loss swaps its TensorDictParams into its networks itself, under functional_call
+            reason = f"{type(owner).__name__}: it holds a functional loss (parameters in TensorDictParams)"
         if reason is None:
             owned = {id(p) for p in owner.parameters()}
             if not all(id(p) in owned for p in self.params):
@@ -293,15 +296,21 @@ class RegressionPhase(TrainerHookBase):
                 self._update_fn(self.params[offset:end], grads[offset:end], self._state[offset:end], group)
         return metrics
 
+    def _bind_optimizer_state(self) -> None:
+        """Point the graph at the optimizer's state tensors and param groups (at the start, and after loading)."""
+        self._state = init_optimizer_state(self.optimizer)
+        offsets = [0]
+        for group in self.optimizer.param_groups[:-1]:
+            offsets.append(offsets[-1] + len(group["params"]))
+        self._groups = list(zip(self.optimizer.param_groups, offsets, strict=True))
+
     def _compiled_or_eager(self, index: Tensor) -> dict[str, Tensor]:
         if self._graph_ready:
             return self._compiled_step(index)
-        if self._state is None:
-            self._state = init_optimizer_state(self.optimizer)
-            offsets = [0]
-            for group in self.optimizer.param_groups[:-1]:
-                offsets.append(offsets[-1] + len(group["params"]))
-            self._groups = list(zip(self.optimizer.param_groups, offsets, strict=True))
+        if not self._traced:
+            self._traced = True
+            if self._state is None:
+                self._bind_optimizer_state()
             # The first step runs the same function uncompiled: it registers tensordict's pytree nodes, whose
             # registry the graph's guards read (compiled first, the graph would be compiled twice).
             return self._graph_step(index)
@@ -366,8 +375,8 @@ class RegressionPhase(TrainerHookBase):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
-        if self.compiled:  # load_state_dict replaces the state tensors: the graph must read the new ones
-            self._state = init_optimizer_state(self.optimizer)
+        if self.compiled:  # load_state_dict replaces the state tensors and groups: the graph must read the new ones
+            self._bind_optimizer_state()
 
     def register(self, trainer: Trainer, name: str | None = None) -> None:
         self._trainer = trainer
