@@ -10,6 +10,8 @@ test names (``case1`` ... ``case11``).
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -255,3 +257,20 @@ def test_case11_a_given_target_is_kept_when_the_other_is_computed():
     torch.testing.assert_close(only_target["loss_value"], full["loss_value"])
     torch.testing.assert_close(only_target["loss_actor"], computed["loss_actor"])
     assert not torch.allclose(full["loss_value"], computed["loss_value"])
+
+
+def test_case4_subclass_select_out_keys_in_a_fresh_process():
+    """As test_case4 above, in a process where no loss has been used yet (the order-dependent failure)."""
+    script = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "from torchrl.data import Bounded\n"
+        "from torchrl.objectives import A2CLoss\n"
+        "from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value\n"
+        "for cls, key in ((AWRLoss, 'loss_actor'), (A2CLoss, 'loss_objective')):\n"
+        "    sub = type('MyLoss', (cls,), {})\n"
+        "    loss = sub(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(2,))), make_awr_value(3))\n"
+        "    loss.select_out_keys(key)\n"
+        "    assert loss.out_keys == [key], loss.out_keys\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
