@@ -212,7 +212,8 @@ def test_pendulum_rollout_and_loss():
     env.set_seed(0)
     obs_spec = env.observation_spec["observation"]
     actor = make_awr_actor(obs_spec, env.action_spec, action_std=0.4)
-    td = env.rollout(20, actor)
+    with torch.no_grad():  # as a collector does: AWRLoss (like TorchRL's A2C/PPO) refuses actions that carry grad
+        td = env.rollout(20, actor)
     env.close()
     assert td.batch_size == (20,)
     assert td["action"].shape == (20, 1) and td["action"].dtype == torch.float32

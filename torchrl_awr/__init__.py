@@ -8,13 +8,16 @@ from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_
 from torchrl_awr.offline import DatasetError, load_dataset, make_offline_buffer
 from torchrl_awr.offline_trainer import OfflineAWRTrainer
 from torchrl_awr.targets import relabel
+from torchrl_awr.torchrl_configs import AWRLossConfig, AWRTrainerConfig  # noqa: I001 - registers loss=awr, trainer=awr
 from torchrl_awr.trainer import AWRTrainer
 from torchrl_awr.update import RegressionPhase
 
 __all__ = [
     "AWRConfig",
     "AWRLoss",
+    "AWRLossConfig",
     "AWRTrainer",
+    "AWRTrainerConfig",
     "DatasetError",
     "Evaluate",
     "OfflineAWRTrainer",

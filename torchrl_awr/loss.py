@@ -11,14 +11,16 @@ paper states them:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torch import Tensor
+from torch.func import functional_call
 from torchrl.data import TensorSpec
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
@@ -26,7 +28,9 @@ from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, 
 ADVANTAGE_EPS = 1e-5  # the original's ADV_EPS: keeps a zero-std batch finite
 
 
-def awr_weights(advantage: Tensor, beta: float, max_weight: float, normalize: bool) -> tuple[Tensor, Tensor]:
+def awr_weights(
+    advantage: Tensor, beta: float, max_weight: float, normalize: bool, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Advantage weights ``min(exp(A / β), max_weight)``, computed without overflow.
 
     The exponent is clipped at ``log(max_weight)`` *before* ``exp``, so a huge
@@ -38,6 +42,8 @@ def awr_weights(advantage: Tensor, beta: float, max_weight: float, normalize: bo
         max_weight: weight clip > 0.
         normalize: standardise the advantages over the given tensor first
             (``(A − mean) / (std + 1e-5)``, as the original implementation does).
+        mask: boolean, the advantage's leading (batch) shape: ``False`` marks rows (padding) left out of the
+            standardisation statistics; their weights are computed from a zero advantage. ``None``: every row.
 
     Returns:
         ``(weights, clipped)``: the weights and a boolean mask of the clipped entries.
@@ -52,23 +58,72 @@ def awr_weights(advantage: Tensor, beta: float, max_weight: float, normalize: bo
     """
     for name, val in (("beta", beta), ("max_weight", max_weight)):
         _check_positive(name, val)
+    if mask is not None:
+        advantage = torch.where(_broadcast(mask, advantage), advantage, torch.zeros_like(advantage))
     if normalize:
-        advantage = standardize(advantage)
+        advantage = standardize(advantage, mask)
     log_weight = advantage / beta
     log_clip = math.log(max_weight)
     clipped = log_weight > log_clip
     return log_weight.clamp_max(log_clip).exp(), clipped
 
 
-def standardize(advantage: Tensor) -> Tensor:
+def standardize(advantage: Tensor, mask: Tensor | None = None) -> Tensor:
     """``(A − mean) / (std + 1e-5)`` with float64 statistics (a float32 mean of huge advantages overflows).
+
+    With a ``mask`` (batch-shaped, ``False`` for padding) the statistics are those of the rows it keeps and the
+    rows it drops come out as ``0``.
 
     Examples:
         >>> standardize(torch.tensor([1.0, 3.0]))
         tensor([-1.0000,  1.0000])
+        >>> standardize(torch.tensor([1.0, 3.0, 100.0]), mask=torch.tensor([True, True, False]))
+        tensor([-1.0000,  1.0000,  0.0000])
     """
     wide = advantage.double()
-    return ((wide - wide.mean()) / (wide.std(unbiased=False) + ADVANTAGE_EPS)).to(advantage.dtype)
+    if mask is None:
+        return ((wide - wide.mean()) / (wide.std(unbiased=False) + ADVANTAGE_EPS)).to(advantage.dtype)
+    keep = _broadcast(mask, wide)
+    wide = torch.where(keep, wide, torch.zeros_like(wide))
+    mean = _masked_mean(wide, keep)
+    std = _masked_mean((wide - mean) ** 2, keep).sqrt()
+    out = (wide - mean) / (std + ADVANTAGE_EPS)
+    return torch.where(keep, out, torch.zeros_like(out)).to(advantage.dtype)
+
+
+def _broadcast(mask: Tensor, like: Tensor) -> Tensor:
+    """A batch-shaped boolean ``mask`` expanded over the trailing (feature) dims of ``like``."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim)).expand_as(like)
+
+
+def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return x.mean()
+    keep = _broadcast(mask, x)
+    return torch.where(keep, x, torch.zeros_like(x)).sum() / keep.sum().clamp_min(1)
+
+
+def _masked_var(x: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return x.var(unbiased=False)
+    return _masked_mean((x - _masked_mean(x, mask)) ** 2, mask)
+
+
+def _has_analytic_entropy(actor: torch.nn.Module) -> bool:
+    """Whether the actor's distribution class has a closed-form ``entropy`` (TanhNormal has none).
+
+    A class-level check, as :func:`torchrl.modules.distributions.utils.has_analytic_entropy` does for an
+    instance, so that :attr:`AWRLoss.out_keys` is known before any batch is seen. An actor whose class cannot be
+    found is assumed to have one.
+    """
+    dist_class = next(
+        (m.distribution_class for m in actor.modules() if getattr(m, "distribution_class", None) is not None), None
+    )
+    while isinstance(dist_class, functools.partial):
+        dist_class = dist_class.func
+    if not isinstance(dist_class, type) or not issubclass(dist_class, torch.distributions.Distribution):
+        return True
+    return dist_class.entropy is not torch.distributions.Distribution.entropy
 
 
 def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
@@ -78,11 +133,16 @@ def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
         raise ValueError(f"AWRLoss: {name}={value!r} is invalid; it must be a finite number {bound}.")
 
 
-def _check_finite(tensor: Tensor, key: NestedKey) -> None:
+def _check_finite(tensor: Tensor, key: NestedKey, mask: Tensor | None = None) -> None:
     if torch.compiler.is_compiling() or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()):
         return  # no data-dependent branch in a compiled or CUDA-graph-captured step: RegressionPhase checks its data
-    if not torch.isfinite(tensor).all():
-        bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+    if not tensor.is_floating_point():
+        return
+    bad_entries = ~torch.isfinite(tensor)
+    if mask is not None:  # rows the mask drops (padding) may hold anything
+        bad_entries &= _broadcast(mask, tensor)
+    if bad_entries.any():
+        bad = tensor[bad_entries].flatten()[0].item()
         raise ValueError(f"AWRLoss: non-finite value {bad} in {key!r}; the batch must hold finite numbers only.")
 
 
@@ -137,7 +197,30 @@ class AWRLoss(LossModule):
             this (the original divides by ``1/(1-γ)``). Defaults to ``1.0``.
         loss_critic_type (str): ``"l2"`` (``½·diff²``), ``"l1"`` or ``"smooth_l1"``.
         gamma (float, optional): discount for the default value estimator.
-        reduction (str): ``"mean"``, ``"sum"`` or ``"none"``. Defaults to ``"mean"``.
+        reduction (str, optional): ``"mean"``, ``"sum"`` or ``"none"``; ``None`` means ``"mean"``, as in
+            TorchRL's losses. Defaults to ``"mean"``.
+        separate_losses (bool): if ``True``, parameters the value network shares with the actor are trained by
+            the actor loss only (the value loss sees them detached), as in TorchRL's A2C/PPO/IQL. Defaults to
+            ``False``.
+
+    TorchRL conventions (checked in ``tests/test_loss_conventions.py`` against TorchRL's own ``A2CLoss``):
+
+    * keyword calls: ``loss(observation=..., action=..., advantage=..., value_target=...)`` returns a tuple
+      in :attr:`out_keys` order (nested keys joined by ``_``: ``next_reward``); :meth:`select_out_keys`
+      narrows it;
+    * :attr:`out_keys` lists exactly what :meth:`forward` returns (``entropy`` only for distributions with
+      a closed-form entropy, so not for ``TanhNormal``);
+    * the input batch is left as it was; a stored action that requires grad is refused;
+    * rows the validity mask drops (``("collector", "mask")`` from ``SliceSampler(pad_output=True)``, see
+      :attr:`~torchrl.objectives.LossModule.loss_mask_key`) count nowhere: not in the reductions, the
+      advantage standardisation or the diagnostics, and non-finite values there are allowed;
+    * a batch holding only one of ``advantage`` / ``value_target`` keeps it; the other is computed;
+    * the loss is *non-functional* (:attr:`functional` is ``False``): the networks are ordinary
+      submodules, ``get_stateful_net`` returns them, ``from_stateful_net`` loads weights into them and the
+      ``*_params`` attributes are ``None``. AWR's compiled update (:class:`torchrl_awr.RegressionPhase`)
+      differentiates the loss's own parameters through :func:`torch.func.functional_call`, and its two
+      optimizers hold ``actor_network.parameters()`` / ``value_network.parameters()``; functional copies
+      would add a second set of parameters for both to track.
 
     Examples:
         >>> import torch
@@ -156,6 +239,14 @@ class AWRLoss(LossModule):
         >>> sorted(k for k in out.keys() if k.startswith("loss_"))
         ['loss_actor', 'loss_value']
         >>> (out["loss_actor"] + out["loss_value"]).backward()
+
+    Keyword calls, as with TorchRL's losses:
+
+        >>> loss_actor, loss_value = loss.select_out_keys("loss_actor", "loss_value")(
+        ...     observation=batch["observation"], action=batch["action"],
+        ...     advantage=batch["advantage"], value_target=batch["value_target"])
+        >>> loss_actor.shape
+        torch.Size([])
     """
 
     @dataclass
@@ -191,7 +282,7 @@ class AWRLoss(LossModule):
         ValueEstimators.TDLambda,
         ValueEstimators.GAE,
     )
-    out_keys = [
+    _base_out_keys = (
         "loss_actor",
         "loss_value",
         "weight_mean",
@@ -200,11 +291,15 @@ class AWRLoss(LossModule):
         "advantage_mean",
         "advantage_std",
         "explained_variance",
-        "entropy",
-    ]
+    )
 
     actor_network: ProbabilisticTensorDictSequential
     value_network: TensorDictModule
+    # Non-functional (see the class docstring): the networks are ordinary submodules and these stay None.
+    actor_network_params: None
+    value_network_params: None
+    target_actor_network_params: None
+    target_value_network_params: None
 
     def __init__(
         self,
@@ -220,8 +315,11 @@ class AWRLoss(LossModule):
         value_scale: float = 1.0,
         loss_critic_type: str = "l2",
         gamma: float | None = None,
-        reduction: str = "mean",
+        reduction: str | None = "mean",
+        separate_losses: bool = False,
     ) -> None:
+        if reduction is None:
+            reduction = "mean"  # TorchRL's losses read reduction=None as "mean"
         for name, val in (("beta", beta), ("max_weight", max_weight), ("value_scale", value_scale)):
             _check_positive(name, val)
         for name, val in (("action_bound_penalty", action_bound_penalty), ("entropy_coeff", entropy_coeff)):
@@ -233,6 +331,21 @@ class AWRLoss(LossModule):
         super().__init__()
         self.actor_network = actor_network
         self.value_network = value_network
+        self.actor_network_params = self.value_network_params = None
+        self.target_actor_network_params = self.target_value_network_params = None
+        self._out_keys: list[NestedKey] | None = None
+        self._analytic_entropy = _has_analytic_entropy(actor_network)
+        if entropy_coeff > 0 and not self._analytic_entropy:
+            raise ValueError(
+                f"AWRLoss: entropy_coeff={entropy_coeff!r} needs a distribution with a closed-form entropy; "
+                "the actor's has none (e.g. TanhNormal): set entropy_coeff=0."
+            )
+        self.separate_losses = bool(separate_losses)
+        actor_params = {id(p) for p in actor_network.parameters()}
+        # Value-network parameters the actor also holds: detached in value_loss when separate_losses=True.
+        self._shared_value_params = (
+            [name for name, p in value_network.named_parameters() if id(p) in actor_params] if separate_losses else []
+        )
         self.beta = float(beta)
         self.max_weight = float(max_weight)
         self.normalize_advantage = normalize_advantage
@@ -248,6 +361,29 @@ class AWRLoss(LossModule):
             self.register_buffer("_action_mid", (high + low) / 2)
             self.register_buffer("_action_half_range", (high - low) / 2)
         self._in_keys = None
+
+    @property
+    def functional(self) -> bool:
+        """``False``: AWRLoss keeps its networks as ordinary submodules (see the class docstring)."""
+        return False
+
+    def reset_parameters_recursive(self) -> None:
+        """Re-initialise the parameters of both networks (layers' own ``reset_parameters``).
+
+        :class:`~torchrl.objectives.LossModule`'s version only reaches networks converted to functional ones,
+        which a non-functional loss has none of.
+
+        Examples:
+            >>> from torchrl.data import Bounded
+            >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+            >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(2,))), make_awr_value(3))
+            >>> before = [p.clone() for p in loss.parameters()]
+            >>> loss.reset_parameters_recursive()
+            >>> all((p != b).any() for p, b in zip(loss.parameters(), before))
+            True
+        """
+        for network in (self.actor_network, self.value_network):
+            network.reset_parameters_recursive()
 
     def _action_bounds(self, action_spec: TensorSpec | None) -> tuple[Tensor, Tensor]:
         spec = action_spec
@@ -266,6 +402,8 @@ class AWRLoss(LossModule):
     # ---------------------------------------------------------------- keys
     def _set_in_keys(self) -> None:
         keys = {
+            self.tensor_keys.advantage,
+            self.tensor_keys.value_target,
             self.tensor_keys.action,
             ("next", self.tensor_keys.reward),
             ("next", self.tensor_keys.done),
@@ -285,6 +423,18 @@ class AWRLoss(LossModule):
     @in_keys.setter
     def in_keys(self, values: list[NestedKey]) -> None:
         self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        """What :meth:`forward` returns: the two losses and their diagnostics (``entropy`` where the actor's
+        distribution has a closed-form one)."""
+        if self._out_keys is None:
+            self._out_keys = [*self._base_out_keys, *(["entropy"] if self._analytic_entropy else [])]
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values: list[NestedKey]) -> None:
+        self._out_keys = list(values)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if self._value_estimator is not None:
@@ -337,34 +487,71 @@ class AWRLoss(LossModule):
         return self
 
     # ------------------------------------------------------------- targets
-    def _get_checked(self, tensordict: TensorDictBase, key: NestedKey) -> Tensor:
+    def _validity_mask(self, tensordict: TensorDictBase) -> Tensor | None:
+        """The batch-shaped AND of the validity masks the batch holds (see ``loss_mask_key``), or ``None``."""
+        mask = None
+        for key in self._loss_mask_keys():
+            entry = tensordict.get(key, None)
+            if entry is not None:
+                entry = entry.bool()
+                while entry.ndim > tensordict.ndim and entry.shape[-1] == 1:
+                    entry = entry.squeeze(-1)
+                mask = entry if mask is None else mask & entry
+        return mask
+
+    @staticmethod
+    def _zero_dropped_rows(tensordict: TensorDictBase, mask: Tensor | None) -> TensorDictBase:
+        """A copy whose floating entries are ``0`` in the rows ``mask`` drops, so they cannot reach a gradient."""
+        if mask is None:
+            return tensordict
+
+        def zero(x: Tensor) -> Tensor:
+            return torch.where(_broadcast(mask, x), x, torch.zeros_like(x)) if x.is_floating_point() else x
+
+        return tensordict.apply(zero)
+
+    def _get_checked(self, tensordict: TensorDictBase, key: NestedKey, mask: Tensor | None = None) -> Tensor:
         value = tensordict.get(key, None)
         if value is None:
             raise ValueError(
                 f"AWRLoss: key {key!r} missing from the batch (has {sorted(map(str, tensordict.keys(True, True)))})."
             )
-        _check_finite(value, key)
+        _check_finite(value, key, mask)
         return value
 
     def _ensure_targets(self, tensordict: TensorDictBase, *needed: NestedKey) -> TensorDictBase:
-        """Fill ``advantage`` and ``value_target`` with the value estimator if a ``needed`` one is absent."""
+        """Fill a ``needed`` ``advantage`` / ``value_target`` that is absent with the value estimator.
+
+        A target the batch holds is kept: only the missing one is taken from the estimator.
+        """
         keys = self.tensor_keys
         present = tensordict.keys(True)
         if all(key in present for key in needed):
             return tensordict
-        self._get_checked(tensordict, ("next", keys.reward))
+        mask = self._validity_mask(tensordict)
+        self._get_checked(tensordict, ("next", keys.reward), mask)
         for key in (("next", keys.done), ("next", keys.terminated)):
             if tensordict.get(key, None) is None:
                 raise ValueError(
                     f"AWRLoss: key {key!r} missing; it is needed to compute targets when "
                     f"{keys.advantage!r}/{keys.value_target!r} are absent."
                 )
+        given = {key: tensordict.get(key) for key in (keys.advantage, keys.value_target) if key in present}
         tensordict = tensordict.copy()
         with torch.no_grad():
             self.value_estimator(tensordict)
+        for key, value in given.items():
+            tensordict.set(key, value)
         return tensordict
 
     # -------------------------------------------------------------- losses
+    def _state_value(self, tensordict: TensorDictBase) -> Tensor:
+        td_value = tensordict.select(*self.value_network.in_keys, strict=False)
+        if self._shared_value_params:  # separate_losses: the actor's parameters enter V(s) as constants
+            detached = {name: self.value_network.get_parameter(name).detach() for name in self._shared_value_params}
+            return functional_call(self.value_network, detached, (td_value,), strict=False).get(self.tensor_keys.value)
+        return self.value_network(td_value).get(self.tensor_keys.value)
+
     def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Critic regression ``½((R − V(s)) / value_scale)²`` onto the value target.
 
@@ -372,15 +559,19 @@ class AWRLoss(LossModule):
             ``(loss_value, metadata)`` where metadata holds the detached ``explained_variance``.
         """
         tensordict = self._ensure_targets(tensordict, self.tensor_keys.value_target)
-        target = self._get_checked(tensordict, self.tensor_keys.value_target)
-        td_value = tensordict.select(*self.value_network.in_keys, strict=False)
-        value = self.value_network(td_value).get(self.tensor_keys.value)
+        mask = self._validity_mask(tensordict)
+        self._get_checked(tensordict, self.tensor_keys.value_target, mask)
+        inputs = self._zero_dropped_rows(
+            tensordict.select(self.tensor_keys.value_target, *self.value_network.in_keys, strict=False), mask
+        )
+        target = inputs.get(self.tensor_keys.value_target)
+        value = self._state_value(inputs)
         target = target.view_as(value)
         loss = distance_loss(value / self.value_scale, target / self.value_scale, self.loss_critic_type)
         if self.loss_critic_type == "l2":
             loss = 0.5 * loss
         with torch.no_grad():
-            explained_variance = 1 - (target - value).var(unbiased=False) / target.var(unbiased=False).clamp_min(1e-8)
+            explained_variance = 1 - _masked_var(target - value, mask) / _masked_var(target, mask).clamp_min(1e-8)
         return self._reduce_loss(loss.squeeze(-1), tensordict), {"explained_variance": explained_variance}
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
@@ -391,29 +582,52 @@ class AWRLoss(LossModule):
         Returns:
             ``(loss_actor, metadata)`` with detached weight and advantage diagnostics.
         """
-        tensordict = self._ensure_targets(tensordict, self.tensor_keys.advantage)
-        advantage = self._get_checked(tensordict, self.tensor_keys.advantage)
-        action = self._get_checked(tensordict, self.tensor_keys.action)
-        advantage = advantage.detach()
-        weights, clipped = awr_weights(advantage, self.beta, self.max_weight, self.normalize_advantage)
-        dist = self.actor_network.get_dist(tensordict)
+        keys = self.tensor_keys
+        tensordict = self._ensure_targets(tensordict, keys.advantage)
+        mask = self._validity_mask(tensordict)
+        self._get_checked(tensordict, keys.advantage, mask)
+        action = self._get_checked(tensordict, keys.action, mask)
+        if action.requires_grad:
+            raise RuntimeError(
+                f"AWRLoss: tensordict stored {keys.action!r} requires grad; the actions are regression labels "
+                "(detach them before the loss)."
+            )
+        # A selection, so that the actor's intermediate entries (loc, scale, the normalised observation) are
+        # written there and not into the caller's batch.
+        inputs = self._zero_dropped_rows(
+            tensordict.select(keys.advantage, keys.action, *self.actor_network.in_keys, strict=False), mask
+        )
+        advantage = inputs.get(keys.advantage).detach()
+        action = inputs.get(keys.action)
+        weights, clipped = awr_weights(advantage, self.beta, self.max_weight, self.normalize_advantage, mask)
+        dist = self.actor_network.get_dist(inputs)
         if isinstance(dist, torch.distributions.Categorical) and action.ndim > len(dist.batch_shape):
             action = action.squeeze(-1)  # integer actions stored as [B, 1]
         log_prob = dist.log_prob(action)
         weights = weights.reshape(log_prob.shape)
         loss = -weights * log_prob
-        metadata = {
-            "weight_mean": weights.mean().detach(),
-            "weight_max": weights.max().detach(),
-            "weight_clip_fraction": clipped.float().mean(),
-            "advantage_mean": advantage.mean(),
-            "advantage_std": advantage.std(unbiased=False),
-        }
+        if mask is None:
+            metadata = {
+                "weight_mean": weights.mean().detach(),
+                "weight_max": weights.max().detach(),
+                "weight_clip_fraction": clipped.float().mean(),
+                "advantage_mean": advantage.mean(),
+                "advantage_std": advantage.std(unbiased=False),
+            }
+        else:
+            keep = _broadcast(mask, weights)
+            metadata = {
+                "weight_mean": _masked_mean(weights, mask).detach(),
+                "weight_max": torch.where(keep, weights, torch.zeros_like(weights)).max().detach(),
+                "weight_clip_fraction": _masked_mean(clipped.float(), mask),
+                "advantage_mean": _masked_mean(advantage, mask),
+                "advantage_std": _masked_var(advantage, mask).sqrt(),
+            }
         if self.action_bound_penalty > 0:
             loss = loss + self.action_bound_penalty * self._bound_violation(dist)
-        entropy = self._entropy(dist)
-        if entropy is not None:
-            metadata["entropy"] = entropy.detach().mean()
+        if self._analytic_entropy:
+            entropy = dist.entropy()
+            metadata["entropy"] = _masked_mean(entropy.detach(), mask)
             if self.entropy_coeff > 0:
                 loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
         return self._reduce_loss(loss, tensordict), metadata
@@ -423,21 +637,19 @@ class AWRLoss(LossModule):
         violation = (mean - 1).clamp_min(0).pow(2) + (mean + 1).clamp_max(0).pow(2)
         return 0.5 * violation.sum(-1)
 
-    @staticmethod
-    def _entropy(dist: torch.distributions.Distribution) -> Tensor | None:
-        try:
-            return dist.entropy()
-        except NotImplementedError:
-            return None
-
+    @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Both AWR losses and their diagnostics on one batch.
+
+        Called with a TensorDict, returns a TensorDict; called with tensors by keyword (``observation=...,
+        action=..., advantage=..., value_target=...``, or ``next_reward=...`` etc. for computed targets),
+        returns them as a tuple in :attr:`out_keys` order.
 
         Returns:
             A TensorDict with ``loss_actor``, ``loss_value`` and detached
             ``weight_mean``, ``weight_max``, ``weight_clip_fraction``,
             ``advantage_mean``, ``advantage_std``, ``explained_variance`` and
-            ``entropy`` (where the distribution has one).
+            ``entropy`` (where the distribution has a closed-form one).
         """
         tensordict = self._ensure_targets(tensordict, self.tensor_keys.advantage, self.tensor_keys.value_target)
         loss_value, value_meta = self.value_loss(tensordict)
