@@ -123,7 +123,7 @@ def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
     proc = run_script(f"resume={out}", timeout=60)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "unreadable" in proc.stderr
+    assert "damaged" in proc.stderr and "no whole checkpoint" in proc.stderr
 
 
 def test_learns_inverted_pendulum() -> None:
@@ -194,7 +194,9 @@ def test_divergence_is_one_line_and_keeps_checkpoints(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_before_the_first_checkpoint_saves_one_and_resume_works(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C or SIGTERM in the first iterations, long before ``checkpoint.interval``: one line, a checkpoint."""
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
         [
@@ -202,7 +204,8 @@ def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
             str(SCRIPT),
             "env.name=Pendulum-v1",
             "collector.total_frames=100000",
-            "checkpoint.interval=1",
+            "checkpoint.interval=1000",
+            "eval.interval=1",
             f"output_dir={out}",
             *FAST,
         ],
@@ -216,10 +219,17 @@ def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "checkpoints").glob("checkpoint-*")):
+    while time.time() < deadline and not (out / "eval.csv").exists():  # training has begun
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines()[-1] == f"train_mujoco.py: interrupted; continue with: resume={out}"
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"train_mujoco.py: interrupted ({name}), checkpoint saved; continue with: resume={out}"
+    )
     assert "Traceback" not in stderr
+    (checkpoint,) = (out / "checkpoints").glob("checkpoint-*")
+    frames = int(checkpoint.name.split("-")[1])
+    resumed = run_script(f"resume={out}", f"collector.total_frames={frames + 512}", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
