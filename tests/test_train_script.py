@@ -100,6 +100,8 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error 
         (["optim.actorlr=1e-3"], "unknown override key 'optim.actorlr'"),
         (["resume=/nonexistent/run"], "resume='/nonexistent/run'"),
         (["logger.backend=mlflow"], "logger.backend='mlflow'"),
+        (["output_dir=README.md"], "output_dir='README.md' is a file"),
+        (["output_dir=/proc/x"], "output_dir='/proc/x' cannot be written"),
         (["optim.cudagraphs=true"], "optim.cudagraphs=true captures CUDA graphs: it needs device=cuda"),
         pytest.param(["device=cuda"], "no CUDA device is available", marks=NO_GPU),
         pytest.param(["device=auto", "optim.cudagraphs=true"], "optim.cudagraphs=true needs a CUDA device",
@@ -113,6 +115,30 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def _old_run(directory: Path) -> Path:
+    """A dir that looks like a finished run: a config.yaml and a checkpoint at a frame count no new run reaches."""
+    (directory / "checkpoints" / "checkpoint-000000999936").mkdir(parents=True)
+    (directory / "config.yaml").write_text("seed: 0\n")
+    return directory
+
+
+def test_output_dir_of_another_run_is_refused(tmp_path: Path) -> None:
+    out = _old_run(tmp_path / "old")
+    proc = run_script("env.name=Pendulum-v1", f"output_dir={out}", timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already holds a run" in lines[0] and f"resume={out}" in lines[0], proc.stderr
+    assert (out / "checkpoints" / "checkpoint-000000999936").is_dir()  # nothing touched
+
+
+def test_overwrite_empties_the_output_dir_first(tmp_path: Path) -> None:
+    out = _old_run(tmp_path / "old")
+    proc = run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", "overwrite=true",
+                      *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-000000000512"]
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -131,6 +131,7 @@ class AWRConfig:
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
     resume: str = ""  # an output dir of a killed run to continue
+    overwrite: bool = False  # a new run may use an output_dir that holds a run: it is emptied first
 
 
 # The original's per-task settings (AWR_REFERENCE.md); everything else keeps the defaults above.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -75,7 +76,42 @@ def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[Dic
         cfg.resume = str(run_dir)
         return cfg, run_dir
     check_env_id(cfg.env.name)
-    return cfg, Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
+    prepare_output_dir(output_dir, cfg.overwrite)
+    return cfg, output_dir
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool = False) -> None:
+    """Make ``output_dir`` for a new run: refuse a file, an unwritable place, or a dir that holds a run.
+
+    A dir holds a run when it has a ``config.yaml`` or a ``checkpoints`` dir; with ``overwrite`` it is
+    emptied instead (a new run's checkpoints among an old run's would be rotated away, keeping the old ones).
+
+    Raises:
+        ValueError: one line naming the dir and what to do.
+    """
+    name = f"output_dir={str(output_dir)!r}"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{name} is a file, not a directory; pass a directory.")
+    if (output_dir / "config.yaml").exists() or (output_dir / "checkpoints").exists():
+        if not overwrite:
+            raise ValueError(
+                f"{name} already holds a run; continue it with resume={output_dir}, pick another output_dir, "
+                "or pass overwrite=true to empty it first."
+            )
+        for path in output_dir.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"{name} cannot be written ({reason}); pick a writable directory.") from None
 
 
 def build_trainer(
@@ -139,7 +175,6 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         OmegaConf.save(cfg, output_dir / "config.yaml")
-        (output_dir / "eval.csv").unlink(missing_ok=True)  # a reused output dir starts a new curve
     trainer, evaluator, extra = build(cfg, output_dir, progress_bar, tags)
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
