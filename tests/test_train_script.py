@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import script_runs
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 
 from torchrl_awr.builders import make_replay_buffer
@@ -139,6 +140,28 @@ def test_overwrite_empties_the_output_dir_first(tmp_path: Path) -> None:
                       *FAST)
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-000000000512"]
+
+
+def test_resume_of_a_finished_run(tmp_path: Path) -> None:
+    """Says it is finished (no batch past the total), refuses changes to the run, records the allowed ones."""
+    out = tmp_path / "run"
+    assert run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", *FAST).returncode == 0
+    rows = read_eval(out)
+    done = run_script(f"resume={out}", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"train_mujoco.py: the run in {str(out)!r} is finished (512 frames); raise collector.total_frames to "
+        "train it further."
+    ]
+    assert read_eval(out) == rows
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-000000000512"]
+    refused = run_script(f"resume={out}", "loss.beta=0.1", timeout=60)
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1 and "'loss.beta=0.1'" in refused.stderr
+    more = run_script(f"resume={out}", "collector.total_frames=1024", timeout=120)
+    assert more.returncode == 0, more.stderr
+    assert load_config([], base=OmegaConf.load(out / "config.yaml")).collector.total_frames == 1024
+    assert [row["frames"] for row in read_eval(out)][-1] == 1024
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from torchrl_awr.experiment import Finished
 from torchrl_awr.trainer import Interrupted
 
 
@@ -48,6 +49,9 @@ def run_command(
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Finished as done:
+        print(f"{prog}: {done}", file=sys.stderr)
+        return 0
     except Interrupted as stop:
         print(f"\n{prog}: interrupted ({stop}), checkpoint saved; continue with: {resume_command(output_dir)}",
               file=sys.stderr)

@@ -11,6 +11,7 @@ final buffer, ``ReplayBuffer.dumps``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -51,6 +52,14 @@ def default_output_dir(cfg: DictConfig, root: Path = Path("outputs")) -> Path:
     return root / cfg.env.name.replace("/", "_") / run
 
 
+# What may change when a run is continued: how long it runs, how it is logged and evaluated, threads.
+RESUME_OVERRIDES = ("collector.total_frames", "offline.steps", "logger.", "eval.", "threads")
+
+
+class Finished(Exception):
+    """``resume=`` of a run that already reached its total; the message says so and how to train more."""
+
+
 def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[DictConfig, Path]:
     """The run's config and output directory (by default under ``root``); with ``resume=<dir>``, the saved
     config of that run.
@@ -72,8 +81,17 @@ def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[Dic
             raise ValueError(
                 f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from."
             )
-        cfg = load_config([o for o in overrides if not o.startswith("resume=")], base=base)
+        changes = [o for o in overrides if not o.startswith("resume=")]
+        refused = [o for o in changes if not o.split("=", 1)[0].startswith(RESUME_OVERRIDES)]
+        if refused:
+            raise ValueError(
+                f"resume={cfg.resume!r}: {refused[0]!r} would change the run being continued; at resume only "
+                f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_OVERRIDES)} may change."
+            )
+        cfg = load_config(changes, base=base)
         cfg.resume = str(run_dir)
+        if changes:
+            OmegaConf.save(cfg, saved)  # the run now goes on with these
         return cfg, run_dir
     check_env_id(cfg.env.name)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
@@ -112,6 +130,21 @@ def prepare_output_dir(output_dir: Path, overwrite: bool = False) -> None:
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise ValueError(f"{name} cannot be written ({reason}); pick a writable directory.") from None
+
+
+def check_not_finished(cfg: DictConfig, output_dir: Path) -> None:
+    """Raise :class:`Finished` when the run in ``output_dir`` wrote its summary at ``cfg``'s total or beyond."""
+    try:
+        done = json.loads((output_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    offline = "gradient_steps" in done
+    unit, key = ("gradient_steps", "offline.steps") if offline else ("frames", "collector.total_frames")
+    if done.get(unit, 0) >= OmegaConf.select(cfg, key):
+        raise Finished(
+            f"the run in {str(output_dir)!r} is finished ({done[unit]} {unit.replace('_', ' ')}); raise {key} to "
+            "train it further."
+        )
 
 
 def build_trainer(
@@ -175,12 +208,17 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         OmegaConf.save(cfg, output_dir / "config.yaml")
+    if cfg.resume:
+        check_not_finished(cfg, output_dir)
     trainer, evaluator, extra = build(cfg, output_dir, progress_bar, tags)
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
     if trainer.progress_bar:
         trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
-    trainer.train()
+    if trainer.collected_frames < trainer.total_frames:
+        trainer.train()
+    else:  # killed after its last checkpoint, before the end: only the final evaluation is left to do
+        evaluator.final()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
     if cfg.buffer.save and isinstance(trainer, AWRTrainer):  # for train_offline.py dataset.source=buffer
         trainer.replay_buffer.dumps(output_dir / "replay_buffer")
