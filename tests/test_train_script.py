@@ -101,6 +101,7 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error 
         (["optim.actorlr=1e-3"], "unknown override key 'optim.actorlr'"),
         (["resume=/nonexistent/run"], "resume='/nonexistent/run'"),
         (["logger.backend=mlflow"], "logger.backend='mlflow'"),
+        (["buffer.size=1000", "collector.frames_per_batch=2048"], "buffer.size=1000 is smaller than"),
         (["output_dir=README.md"], "output_dir='README.md' is a file"),
         (["output_dir=/proc/x"], "output_dir='/proc/x' cannot be written"),
         (["optim.cudagraphs=true"], "optim.cudagraphs=true captures CUDA graphs: it needs device=cuda"),
@@ -162,6 +163,25 @@ def test_resume_of_a_finished_run(tmp_path: Path) -> None:
     assert more.returncode == 0, more.stderr
     assert load_config([], base=OmegaConf.load(out / "config.yaml")).collector.total_frames == 1024
     assert [row["frames"] for row in read_eval(out)][-1] == 1024
+
+
+def test_total_frames_rounds_up_to_whole_batches_with_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_script("env.name=Pendulum-v1", "collector.total_frames=700", f"output_dir={out}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "not a multiple" in line]
+    assert warnings == [
+        "warning: collector.total_frames=700 is not a multiple of collector.frames_per_batch=512; training 1024 frames."
+    ]
+    assert json.loads((out / "summary.json").read_text())["frames"] == 1024
+    assert load_config([], base=OmegaConf.load(out / "config.yaml")).collector.total_frames == 1024
+
+
+def test_a_start_that_fails_can_be_run_again(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for _ in range(2):
+        proc = run_script("buffer.size=1000", "collector.frames_per_batch=2048", f"output_dir={out}", timeout=60)
+        assert proc.returncode == 2 and "buffer.size=1000" in proc.stderr, proc.stderr
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -147,13 +148,36 @@ def check_not_finished(cfg: DictConfig, output_dir: Path) -> None:
         )
 
 
+def check_batches(cfg: DictConfig) -> None:
+    """Refuse a buffer smaller than a batch; round ``collector.total_frames`` up to whole batches, with one line."""
+    size, batch, total = cfg.buffer.size, cfg.collector.frames_per_batch, cfg.collector.total_frames
+    if size < batch:
+        raise ValueError(
+            f"buffer.size={size} is smaller than collector.frames_per_batch={batch}: each batch would lose "
+            f"{batch - size} frames; use buffer.size >= {batch}."
+        )
+    if total % batch:
+        rounded = -(-total // batch) * batch
+        print(
+            f"warning: collector.total_frames={total} is not a multiple of collector.frames_per_batch={batch}; "
+            f"training {rounded} frames.",
+            file=sys.stderr,
+            flush=True,
+        )
+        cfg.collector.total_frames = rounded
+
+
 def build_trainer(
     cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None
 ) -> tuple[AWRTrainer, Evaluate, dict[str, Any]]:
     """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`.
 
     Returns the trainer, its evaluation hook and what the run summary adds (nothing online).
+
+    Raises:
+        ValueError: ``buffer.size`` below ``collector.frames_per_batch`` (each batch would lose frames).
     """
+    check_batches(cfg)
     torch.manual_seed(cfg.seed)
     device = learner_device(cfg)
     env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
@@ -206,11 +230,11 @@ def run(
     """
     torch.set_num_threads(cfg.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        OmegaConf.save(cfg, output_dir / "config.yaml")
     if cfg.resume:
         check_not_finished(cfg, output_dir)
     trainer, evaluator, extra = build(cfg, output_dir, progress_bar, tags)
+    if not cfg.resume:  # only once the build worked: a start that failed leaves no run behind to be refused
+        OmegaConf.save(cfg, output_dir / "config.yaml")
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
     if trainer.progress_bar:
