@@ -184,6 +184,15 @@ def test_a_start_that_fails_can_be_run_again(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "buffer.size=1000" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("script", [script_runs.ONLINE, script_runs.OFFLINE], ids=["online", "offline"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_keys_defaults_and_allowed_values(script: Path, flag: str) -> None:
+    proc = script_runs.run_script(script, flag, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "loss.beta=" in proc.stdout and "overwrite=False" in proc.stdout
+    assert "buffer.storage='tensor'  one of: tensor, memmap" in proc.stdout
+
+
 def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", *FAST).returncode == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from torchrl_awr.config import help_text
 from torchrl_awr.experiment import Finished
 from torchrl_awr.trainer import Interrupted
 
@@ -36,6 +37,9 @@ def run_command(
 
     The overrides, less ``resume=`` and ``output_dir=``, tag the W&B run.
     """
+    if {"-h", "--help"} & set(argv):
+        print(help_text(prog))
+        return 0
     logging.getLogger("torchrl").setLevel(logging.WARNING)  # its INFO lines (spec checks) drown the progress bar
     try:
         cfg, output_dir = resolve(argv)
