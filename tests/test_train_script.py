@@ -159,6 +159,9 @@ def test_resume_of_a_finished_run(tmp_path: Path) -> None:
     refused = run_script(f"resume={out}", "loss.beta=0.1", timeout=60)
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1 and "'loss.beta=0.1'" in refused.stderr
+    other_env = run_script(f"resume={out}", "env.name=MountainCarContinuous-v0", timeout=60)
+    assert other_env.returncode == 2 and len(other_env.stderr.strip().splitlines()) == 1, other_env.stderr
+    assert "'env.name=MountainCarContinuous-v0' would change the run" in other_env.stderr
     more = run_script(f"resume={out}", "collector.total_frames=1024", timeout=120)
     assert more.returncode == 0, more.stderr
     assert load_config([], base=OmegaConf.load(out / "config.yaml")).collector.total_frames == 1024
