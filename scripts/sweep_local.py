@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
     for n, params in enumerate(points):
         run_dir = args.out / "runs" / f"{n:03d}"
         if not (run_dir / "summary.json").exists():
-            command = [*agent_command(config, params), *args.set, f"output_dir={run_dir}"]
+            # a point killed before its summary starts again from nothing
+            command = [*agent_command(config, params), *args.set, f"output_dir={run_dir}", "overwrite=true"]
             print(f"[{n + 1}/{len(points)}] {' '.join(command[2:])}", flush=True)
             proc = subprocess.run(
                 command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

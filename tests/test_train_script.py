@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import script_runs
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 
 from torchrl_awr.builders import make_replay_buffer
@@ -106,6 +107,9 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error 
         (["logger.backend=mlflow"], "logger.backend='mlflow'"),
         (["threads=0"], "threads=0 is invalid; it must be > 0"),
         (["threads=abc"], "bad override threads: Value 'abc'"),
+        (["buffer.size=1000", "collector.frames_per_batch=2048"], "buffer.size=1000 is smaller than"),
+        (["output_dir=README.md"], "output_dir='README.md' is a file"),
+        (["output_dir=/proc/x"], "output_dir='/proc/x' cannot be written"),
         (["optim.cudagraphs=true"], "optim.cudagraphs=true captures CUDA graphs: it needs device=cuda"),
         pytest.param(["device=cuda"], "no CUDA device is available", marks=NO_GPU),
         pytest.param(["device=auto", "optim.cudagraphs=true"], "optim.cudagraphs=true needs a CUDA device",
@@ -121,6 +125,83 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def _old_run(directory: Path) -> Path:
+    """A dir that looks like a finished run: a config.yaml and a checkpoint at a frame count no new run reaches."""
+    (directory / "checkpoints" / "checkpoint-000000999936").mkdir(parents=True)
+    (directory / "config.yaml").write_text("seed: 0\n")
+    return directory
+
+
+def test_output_dir_of_another_run_is_refused(tmp_path: Path) -> None:
+    out = _old_run(tmp_path / "old")
+    proc = run_script("env.name=Pendulum-v1", f"output_dir={out}", timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already holds a run" in lines[0] and f"resume={out}" in lines[0], proc.stderr
+    assert (out / "checkpoints" / "checkpoint-000000999936").is_dir()  # nothing touched
+
+
+def test_overwrite_empties_the_output_dir_first(tmp_path: Path) -> None:
+    out = _old_run(tmp_path / "old")
+    proc = run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", "overwrite=true",
+                      *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-000000000512"]
+
+
+def test_resume_of_a_finished_run(tmp_path: Path) -> None:
+    """Says it is finished (no batch past the total), refuses changes to the run, records the allowed ones."""
+    out = tmp_path / "run"
+    assert run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", *FAST).returncode == 0
+    rows = read_eval(out)
+    done = run_script(f"resume={out}", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"train_mujoco.py: the run in {str(out)!r} is finished (512 frames); raise collector.total_frames to "
+        "train it further."
+    ]
+    assert read_eval(out) == rows
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-000000000512"]
+    refused = run_script(f"resume={out}", "loss.beta=0.1", timeout=60)
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1 and "'loss.beta=0.1'" in refused.stderr
+    other_env = run_script(f"resume={out}", "env.name=MountainCarContinuous-v0", timeout=60)
+    assert other_env.returncode == 2 and len(other_env.stderr.strip().splitlines()) == 1, other_env.stderr
+    assert "'env.name=MountainCarContinuous-v0' would change the run" in other_env.stderr
+    more = run_script(f"resume={out}", "collector.total_frames=1024", timeout=120)
+    assert more.returncode == 0, more.stderr
+    assert load_config([], base=OmegaConf.load(out / "config.yaml")).collector.total_frames == 1024
+    assert [row["frames"] for row in read_eval(out)][-1] == 1024
+
+
+def test_total_frames_rounds_up_to_whole_batches_with_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_script("env.name=Pendulum-v1", "collector.total_frames=700", f"output_dir={out}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "not a multiple" in line]
+    assert warnings == [
+        "warning: collector.total_frames=700 is not a multiple of collector.frames_per_batch=512; training 1024 frames."
+    ]
+    assert json.loads((out / "summary.json").read_text())["frames"] == 1024
+    assert load_config([], base=OmegaConf.load(out / "config.yaml")).collector.total_frames == 1024
+
+
+def test_a_start_that_fails_can_be_run_again(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for _ in range(2):
+        proc = run_script("buffer.size=1000", "collector.frames_per_batch=2048", f"output_dir={out}", timeout=60)
+        assert proc.returncode == 2 and "buffer.size=1000" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("script", [script_runs.ONLINE, script_runs.OFFLINE], ids=["online", "offline"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_keys_defaults_and_allowed_values(script: Path, flag: str) -> None:
+    proc = script_runs.run_script(script, flag, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "loss.beta=" in proc.stdout and "overwrite=False" in proc.stdout
+    assert "buffer.storage='tensor'  one of: tensor, memmap" in proc.stdout
+
+
 def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_script("env.name=Pendulum-v1", "collector.total_frames=512", f"output_dir={out}", *FAST).returncode == 0
@@ -129,7 +210,7 @@ def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
     proc = run_script(f"resume={out}", timeout=60)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "unreadable" in proc.stderr
+    assert "damaged" in proc.stderr and "no whole checkpoint" in proc.stderr
 
 
 def test_learns_inverted_pendulum() -> None:
@@ -200,7 +281,9 @@ def test_divergence_is_one_line_and_keeps_checkpoints(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_before_the_first_checkpoint_saves_one_and_resume_works(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C or SIGTERM in the first iterations, long before ``checkpoint.interval``: one line, a checkpoint."""
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
         [
@@ -208,7 +291,8 @@ def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
             str(SCRIPT),
             "env.name=Pendulum-v1",
             "collector.total_frames=100000",
-            "checkpoint.interval=1",
+            "checkpoint.interval=1000",
+            "eval.interval=1",
             f"output_dir={out}",
             *FAST,
         ],
@@ -222,10 +306,17 @@ def test_ctrl_c_ends_with_one_line_and_a_resumable_run(tmp_path: Path) -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "checkpoints").glob("checkpoint-*")):
+    while time.time() < deadline and not (out / "eval.csv").exists():  # training has begun
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines()[-1] == f"train_mujoco.py: interrupted; continue with: resume={out}"
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"train_mujoco.py: interrupted ({name}), checkpoint saved; continue with: resume={out}"
+    )
     assert "Traceback" not in stderr
+    (checkpoint,) = (out / "checkpoints").glob("checkpoint-*")
+    frames = int(checkpoint.name.split("-")[1])
+    resumed = run_script(f"resume={out}", f"collector.total_frames={frames + 512}", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr

@@ -1,6 +1,10 @@
 """AWRTrainer: hook order, one short training run, checkpoint and resume."""
 
 import copy
+import os
+import pathlib
+import shutil
+import signal
 
 import pytest
 import torch
@@ -19,7 +23,9 @@ from torchrl_awr.hooks import (
     RunClock,
     UpdateObservationNorm,
 )
+from torchrl_awr.integrity import SEAL, damage
 from torchrl_awr.targets import relabel
+from torchrl_awr.trainer import Interrupted
 from torchrl_awr.update import RegressionPhase
 
 FRAMES_PER_BATCH = 256
@@ -341,3 +347,100 @@ def test_resume_from_empty_dir_raises(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="missing-dir"):
         trainer.resume(tmp_path / "missing-dir")
+
+
+# ------------------------------------------------------------------------------ integrity and signals
+
+
+def copy_run(trained, tmp_path) -> tuple[pathlib.Path, list[pathlib.Path]]:
+    """A copy of the shared run's checkpoints (oldest first), safe to damage."""
+    target = tmp_path / "checkpoints"
+    shutil.copytree(trained["dir"], target)
+    return target, list(CheckpointRotation(target, keep_last=2).checkpoints())
+
+
+def test_every_checkpoint_is_sealed(trained):
+    for checkpoint in CheckpointRotation(trained["dir"], keep_last=2).checkpoints():
+        assert (checkpoint / SEAL).is_file()
+        assert damage(checkpoint) is None
+
+
+WEIGHTS = "components/*-loss_module/state/tensor_*.memmap"  # the loss module's parameters (torchrl 0.14 layout)
+BUFFER = "components/*-replay_buffer/storage/observation.memmap"
+
+
+def _largest(checkpoint: pathlib.Path, pattern: str) -> pathlib.Path:
+    return max((p for p in checkpoint.glob(pattern) if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(path: pathlib.Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zero(path: pathlib.Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "spoil"),
+    [(WEIGHTS, _truncate), (WEIGHTS, _zero), (BUFFER, _truncate), ("**/*", _zero)],
+    ids=["truncated-weight", "zeroed-weight", "truncated-buffer-memmap", "zeroed-largest-file"],
+)
+def test_damaged_newest_checkpoint_falls_back_with_one_line(trained, tmp_path, capsys, pattern, spoil):
+    directory, (older, newest) = copy_run(trained, tmp_path)
+    spoilt = _largest(newest, pattern)
+    spoil(spoilt)
+    size = spoilt.stat().st_size
+    fresh = build(seed=1)
+    assert fresh.resume(directory) == older
+    assert fresh.collected_frames == TOTAL_FRAMES - FRAMES_PER_BATCH
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "damaged" in lines[0] and str(newest) in lines[0]
+    assert spoilt.stat().st_size == size  # the evidence is left as it was
+
+
+def test_unsealed_checkpoint_is_not_loaded(trained, tmp_path):
+    directory, (older, newest) = copy_run(trained, tmp_path)
+    (newest / SEAL).unlink()
+    assert "no readable" in damage(newest)
+    assert build(seed=1).resume(directory) == older
+
+
+def test_no_whole_checkpoint_is_one_line_error(trained, tmp_path):
+    directory, checkpoints = copy_run(trained, tmp_path)
+    for checkpoint in checkpoints:
+        _zero(_largest(checkpoint, "**/*"))
+    with pytest.raises(ValueError, match="no whole checkpoint") as info:
+        build(seed=1).resume(directory)
+    assert "\n" not in str(info.value)
+
+
+def test_stale_save_leftovers_removed_when_built(trained, tmp_path):
+    directory, _ = copy_run(trained, tmp_path)
+    stage = directory / ".checkpoint-000000000768.stage-1a2b3c"
+    stage.mkdir()
+    (stage / "payload.bin").write_bytes(b"x" * 10)
+    (directory / ".checkpoint-000000000768.delete-99").mkdir()
+    build(seed=1, checkpoint_dir=directory, checkpoint_interval=1)
+    assert sorted(p.name for p in directory.iterdir()) == [
+        p.name for p in CheckpointRotation(directory, keep_last=2).checkpoints()
+    ]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_checkpoints_the_iteration_then_raises(tmp_path, signum):
+    """A signal in the first iteration, long before the periodic checkpoint, still leaves one to resume from."""
+    directory = tmp_path / "checkpoints"
+    trainer = build(total_frames=4 * FRAMES_PER_BATCH, checkpoint_dir=directory, checkpoint_interval=100)
+    trainer.register_op("post_steps", lambda: os.kill(os.getpid(), signum))
+    before = signal.getsignal(signum)
+    with pytest.raises(Interrupted) as info:
+        trainer.train()
+    assert info.value.signum == signum
+    assert signal.getsignal(signum) is before
+    assert trainer.collected_frames == FRAMES_PER_BATCH  # stopped after the iteration under way
+    fresh = build(seed=1, total_frames=4 * FRAMES_PER_BATCH)
+    fresh.resume(directory)
+    assert fresh.collected_frames == FRAMES_PER_BATCH
+    fresh.train()
+    assert fresh.collected_frames == 4 * FRAMES_PER_BATCH

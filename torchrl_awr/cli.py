@@ -1,18 +1,30 @@
 """The training scripts' command line: ``key=value`` overrides in; an output dir, a summary line, or one error line out.
 
 Exit statuses: 0 done, 2 bad input (overrides, env id, dataset, checkpoint:
-one line on stderr, no traceback), 1 training diverged, 130 interrupted (the
-line says how to resume).
+one line on stderr, no traceback), 1 training diverged, 130 / 143 stopped by
+SIGINT / SIGTERM after a checkpoint (the line says how to resume).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from torchrl_awr.config import help_text
+from torchrl_awr.experiment import Finished
+from torchrl_awr.trainer import Interrupted
+
+
+def resume_command(output_dir: Path) -> str:
+    """How to continue the run in ``output_dir``: ``make train ARGS="resume=..."`` when started from make."""
+    if "MAKELEVEL" in os.environ:
+        return f'make train ARGS="resume={output_dir}"'
+    return f"resume={output_dir}"
 
 
 def run_command(
@@ -25,6 +37,9 @@ def run_command(
 
     The overrides, less ``resume=`` and ``output_dir=``, tag the W&B run.
     """
+    if {"-h", "--help"} & set(argv):
+        print(help_text(prog))
+        return 0
     logging.getLogger("torchrl").setLevel(logging.WARNING)  # its INFO lines (spec checks) drown the progress bar
     try:
         cfg, output_dir = resolve(argv)
@@ -38,8 +53,17 @@ def run_command(
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; continue with: resume={output_dir}", file=sys.stderr)
+    except Finished as done:
+        print(f"{prog}: {done}", file=sys.stderr)
+        return 0
+    except Interrupted as stop:
+        print(f"\n{prog}: interrupted ({stop}), checkpoint saved; continue with: {resume_command(output_dir)}",
+              file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # before training began
+        saved = list((output_dir / "checkpoints").glob("checkpoint-*"))
+        then = f"continue with: {resume_command(output_dir)}" if saved else "nothing saved yet; start it again"
+        print(f"\n{prog}: interrupted; {then}", file=sys.stderr)
         return 130
     except FloatingPointError as err:
         print(

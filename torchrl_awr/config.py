@@ -131,6 +131,7 @@ class AWRConfig:
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
     resume: str = ""  # an output dir of a killed run to continue
+    overwrite: bool = False  # a new run may use an output_dir that holds a run: it is emptied first
 
 
 # The original's per-task settings (AWR_REFERENCE.md); everything else keeps the defaults above.
@@ -221,6 +222,22 @@ def all_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{name}")
     return keys
+
+
+def help_text(prog: str) -> str:
+    """``--help`` of a training script: every key with its default and, where limited, its allowed values.
+
+    Read from :class:`AWRConfig` and ``CHOICES`` / ``POSITIVE``, so it cannot drift from what
+    :func:`load_config` accepts. Defaults shown are before the task preset of ``recipe``.
+    """
+    defaults = OmegaConf.structured(AWRConfig)
+    lines = [f"usage: {prog} [key=value ...]   (resume=<output_dir> continues a run)", "", "keys (default):"]
+    for key in all_keys():
+        value = OmegaConf.select(defaults, key)
+        allowed = f"  one of: {', '.join(CHOICES[key])}" if key in CHOICES else "  > 0" if key in POSITIVE else ""
+        lines.append(f"  {key}={value!r}{allowed}")
+    lines.append(f"presets per task under recipe= ({', '.join(RECIPES)}) change some defaults; see README.")
+    return "\n".join(lines)
 
 
 def load_config(overrides: list[str], base: DictConfig | None = None) -> DictConfig:

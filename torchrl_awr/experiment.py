@@ -11,9 +11,12 @@ final buffer, ``ReplayBuffer.dumps``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +53,14 @@ def default_output_dir(cfg: DictConfig, root: Path = Path("outputs")) -> Path:
     return root / cfg.env.name.replace("/", "_") / run
 
 
+# What may change when a run is continued: how long it runs, how it is logged and evaluated, threads.
+RESUME_OVERRIDES = ("collector.total_frames", "offline.steps", "logger.", "eval.", "threads")
+
+
+class Finished(Exception):
+    """``resume=`` of a run that already reached its total; the message says so and how to train more."""
+
+
 def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[DictConfig, Path]:
     """The run's config and output directory (by default under ``root``); with ``resume=<dir>``, the saved
     config of that run.
@@ -71,11 +82,89 @@ def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[Dic
             raise ValueError(
                 f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from."
             )
-        cfg = load_config([o for o in overrides if not o.startswith("resume=")], base=base)
+        changes = [o for o in overrides if not o.startswith("resume=")]
+        refused = [o for o in changes if not o.split("=", 1)[0].startswith(RESUME_OVERRIDES)]
+        if refused:
+            raise ValueError(
+                f"resume={cfg.resume!r}: {refused[0]!r} would change the run being continued; at resume only "
+                f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_OVERRIDES)} may change."
+            )
+        cfg = load_config(changes, base=base)
         cfg.resume = str(run_dir)
+        if changes:
+            OmegaConf.save(cfg, saved)  # the run now goes on with these
         return cfg, run_dir
     check_env_id(cfg.env.name)
-    return cfg, Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
+    prepare_output_dir(output_dir, cfg.overwrite)
+    return cfg, output_dir
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool = False) -> None:
+    """Make ``output_dir`` for a new run: refuse a file, an unwritable place, or a dir that holds a run.
+
+    A dir holds a run when it has a ``config.yaml`` or a ``checkpoints`` dir; with ``overwrite`` it is
+    emptied instead (a new run's checkpoints among an old run's would be rotated away, keeping the old ones).
+
+    Raises:
+        ValueError: one line naming the dir and what to do.
+    """
+    name = f"output_dir={str(output_dir)!r}"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{name} is a file, not a directory; pass a directory.")
+    if (output_dir / "config.yaml").exists() or (output_dir / "checkpoints").exists():
+        if not overwrite:
+            raise ValueError(
+                f"{name} already holds a run; continue it with resume={output_dir}, pick another output_dir, "
+                "or pass overwrite=true to empty it first."
+            )
+        for path in output_dir.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"{name} cannot be written ({reason}); pick a writable directory.") from None
+
+
+def check_not_finished(cfg: DictConfig, output_dir: Path) -> None:
+    """Raise :class:`Finished` when the run in ``output_dir`` wrote its summary at ``cfg``'s total or beyond."""
+    try:
+        done = json.loads((output_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    offline = "gradient_steps" in done
+    unit, key = ("gradient_steps", "offline.steps") if offline else ("frames", "collector.total_frames")
+    if done.get(unit, 0) >= OmegaConf.select(cfg, key):
+        raise Finished(
+            f"the run in {str(output_dir)!r} is finished ({done[unit]} {unit.replace('_', ' ')}); raise {key} to "
+            "train it further."
+        )
+
+
+def check_batches(cfg: DictConfig) -> None:
+    """Refuse a buffer smaller than a batch; round ``collector.total_frames`` up to whole batches, with one line."""
+    size, batch, total = cfg.buffer.size, cfg.collector.frames_per_batch, cfg.collector.total_frames
+    if size < batch:
+        raise ValueError(
+            f"buffer.size={size} is smaller than collector.frames_per_batch={batch}: each batch would lose "
+            f"{batch - size} frames; use buffer.size >= {batch}."
+        )
+    if total % batch:
+        rounded = -(-total // batch) * batch
+        print(
+            f"warning: collector.total_frames={total} is not a multiple of collector.frames_per_batch={batch}; "
+            f"training {rounded} frames.",
+            file=sys.stderr,
+            flush=True,
+        )
+        cfg.collector.total_frames = rounded
 
 
 def build_trainer(
@@ -84,7 +173,11 @@ def build_trainer(
     """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`.
 
     Returns the trainer, its evaluation hook and what the run summary adds (nothing online).
+
+    Raises:
+        ValueError: ``buffer.size`` below ``collector.frames_per_batch`` (each batch would lose frames).
     """
+    check_batches(cfg)
     torch.manual_seed(cfg.seed)
     device = learner_device(cfg)
     env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
@@ -137,15 +230,19 @@ def run(
     """
     torch.set_num_threads(cfg.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        OmegaConf.save(cfg, output_dir / "config.yaml")
-        (output_dir / "eval.csv").unlink(missing_ok=True)  # a reused output dir starts a new curve
+    if cfg.resume:
+        check_not_finished(cfg, output_dir)
     trainer, evaluator, extra = build(cfg, output_dir, progress_bar, tags)
+    if not cfg.resume:  # only once the build worked: a start that failed leaves no run behind to be refused
+        OmegaConf.save(cfg, output_dir / "config.yaml")
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
     if trainer.progress_bar:
         trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
-    trainer.train()
+    if trainer.collected_frames < trainer.total_frames:
+        trainer.train()
+    else:  # killed after its last checkpoint, before the end: only the final evaluation is left to do
+        evaluator.final()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
     if cfg.buffer.save and isinstance(trainer, AWRTrainer):  # for train_offline.py dataset.source=buffer
         trainer.replay_buffer.dumps(output_dir / "replay_buffer")

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pathlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -22,8 +28,19 @@ from torchrl_awr.hooks import (
     RunClock,
     UpdateObservationNorm,
 )
+from torchrl_awr.integrity import damage, remove_stale, seal
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.update import RegressionPhase
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """Training stopped on ``signum`` (SIGINT or SIGTERM) after saving a checkpoint; exit with ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class ResumableTrainer(Trainer):
@@ -36,6 +53,11 @@ class ResumableTrainer(Trainer):
     of ``frames_per_batch`` frames; :meth:`resume` restores the newest.
     Its :class:`~torchrl_awr.hooks.RunClock` (``clock``) counts ``collected_frames`` in ``unit``;
     subclasses register it after their own hooks.
+
+    Each checkpoint is sealed (:func:`torchrl_awr.integrity.seal`) once published and checked before it is
+    loaded; the temporary directories of a killed save are removed when the trainer is built. During
+    :meth:`train`, SIGINT and SIGTERM stop the run at the end of the iteration under way: it saves a
+    checkpoint and raises :class:`Interrupted`.
     """
 
     def __init__(
@@ -73,16 +95,76 @@ class ResumableTrainer(Trainer):
             auto_log_optim_steps=False,
         )
         self.clock = RunClock(unit)
+        self._signal: int | None = None
+        if rotation is not None:
+            remove_stale(rotation.directory)
 
-    def resume(self, checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
-        """Restore the newest checkpoint in ``checkpoint_dir``; returns its path.
+    def _save_trainer(self) -> None:
+        super()._save_trainer()
+        if self.checkpoint_rotation is not None:
+            # CheckpointRotation names a directory checkpoint <prefix>-<step:012d> (torchrl 0.14), step = frames
+            rotation = self.checkpoint_rotation
+            seal(rotation.directory / f"{rotation.prefix}-{self.collected_frames:012d}")
+
+    @contextmanager
+    def _signals_stop(self) -> Iterator[None]:
+        """SIGINT / SIGTERM only ask the run to stop (a second one acts as usual); the old handlers after.
+
+        The stop goes through :meth:`~torchrl.trainers.Trainer.request_stop`: the loop finishes the iteration
+        under way, saves a checkpoint (``force_save``) and ends, so no save is ever cut by the signal.
+        """
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._signal = signum
+            self.request_stop(signal.Signals(signum).name)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, previous[sig])
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main else {}
+        for sig in previous:
+            signal.signal(sig, stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def train(self) -> None:
+        """:meth:`torchrl.trainers.Trainer.train`, stopping cleanly on SIGINT / SIGTERM (see the class).
 
         Raises:
-            ValueError: one line when there is no readable checkpoint there.
+            Interrupted: after the checkpoint a stop signal asked for.
         """
-        latest = CheckpointRotation(checkpoint_dir, keep_last=1).latest()
+        self._signal = None
+        with self._signals_stop():
+            super().train()
+        if self._signal is not None:
+            raise Interrupted(self._signal)
+
+    def resume(self, checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
+        """Restore the newest whole checkpoint in ``checkpoint_dir``; returns its path.
+
+        Damaged newer checkpoints are skipped with one warning line naming them and what is wrong.
+
+        Raises:
+            ValueError: one line when there is no whole, readable checkpoint there.
+        """
+        latest, skipped = None, []
+        for candidate in reversed(CheckpointRotation(checkpoint_dir, keep_last=1).checkpoints()):
+            problem = damage(candidate)
+            if problem is None:
+                latest = candidate
+                break
+            skipped.append(f"{str(candidate)!r} is damaged ({problem})")
         if latest is None:
-            raise ValueError(f"no checkpoint found in {str(checkpoint_dir)!r}; cannot resume.")
+            raise ValueError(
+                f"no whole checkpoint in {str(checkpoint_dir)!r}{': ' + '; '.join(skipped) if skipped else ''}; "
+                "cannot resume."
+            )
+        if skipped:
+            print(f"warning: checkpoint {'; '.join(skipped)}; resuming from {str(latest)!r}.", file=sys.stderr,
+                  flush=True)
         try:
             self.load_from_file(latest)
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
