@@ -126,7 +126,7 @@ class AWRConfig:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     recipe: str = "tuned"  # tuned (RECIPES: Adam, β and buffer size per task, measured) | original (the paper's)
     seed: int = 0
-    # torch threads of the learner process (collector worker processes use 1 each); BENCHMARKS.md "Threads"
+    # torch threads of the learner process and of each collector worker; BENCHMARKS.md "Fast by default" (Threads)
     threads: int = 1
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
