@@ -215,3 +215,18 @@ def test_partial_resets_match_independent_envs():
     done = rollout["next", "done"].squeeze(-1)
     assert episodes_ended >= num_envs
     assert not (done == done[0]).all()
+
+
+def test_tuple_observation_env_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"env.name='Blackjack-v1' has a Tuple observation space; .* flat") as info:
+        make_env("Blackjack-v1")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_env_extra_is_refused_in_one_line(monkeypatch):
+    def make(*args, **kwargs):
+        raise gym.error.DependencyNotInstalled('Box2D is not installed, run `pip install "gymnasium[box2d]"`')
+
+    monkeypatch.setattr(gym, "make", make)
+    with pytest.raises(ValueError, match=r"env.name='LunarLander-v3' needs a package that is not installed \(Box2D"):
+        make_env("LunarLander-v3")

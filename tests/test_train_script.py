@@ -106,6 +106,7 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error 
         (["resume=/nonexistent/run"], "resume='/nonexistent/run'"),
         (["logger.backend=mlflow"], "logger.backend='mlflow'"),
         (["threads=0"], "threads=0 is invalid; it must be > 0"),
+        (["env.name=Blackjack-v1"], "env.name='Blackjack-v1' has a Tuple observation space"),
         (["threads=abc"], "bad override threads: Value 'abc'"),
         (["buffer.size=1000", "collector.frames_per_batch=2048"], "buffer.size=1000 is smaller than"),
         (["output_dir=README.md"], "output_dir='README.md' is a file"),

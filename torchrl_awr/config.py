@@ -24,7 +24,7 @@ class EnvConfig:
 
 @dataclass
 class CollectorConfig:
-    total_frames: int = 1_000_000
+    total_frames: int = 1_000_000  # rounded up to whole batches (1,001,472 with 2048-frame batches)
     frames_per_batch: int = 2048  # the original's samples per iteration
     backend: str = "single"  # single (this process) | multi (worker processes) | ray (Ray actors); collectors.py
     num_workers: int = 1  # workers with backend=multi|ray, each stepping env.num_envs envs

@@ -47,14 +47,28 @@ def make_env(env_name: str, *, num_envs: int = 1, seed: int | None = None, devic
     check_env_id(env_name)
     if num_envs < 1:
         raise ValueError(f"num_envs={num_envs!r}; it must be an integer >= 1.")
-    if num_envs == 1:
-        base = gym.make(env_name)
-    else:
-        base = gym.make_vec(
-            env_name,
-            num_envs=num_envs,
-            vectorization_mode="sync",
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    try:
+        if num_envs == 1:
+            base = gym.make(env_name)
+        else:
+            base = gym.make_vec(
+                env_name,
+                num_envs=num_envs,
+                vectorization_mode="sync",
+                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            )
+    except gym.error.DependencyNotInstalled as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"env.name={env_name!r} needs a package that is not installed ({reason}); Box2D tasks: "
+            "pip install -e '.[box2d]' (make install does)."
+        ) from err
+    space = getattr(base, "single_observation_space", base.observation_space)
+    if isinstance(space, gym.spaces.Tuple | gym.spaces.Dict):
+        base.close()
+        raise ValueError(
+            f"env.name={env_name!r} has a {type(space).__name__} observation space; AWR's networks read one flat "
+            "vector: use an env with a Box observation (or wrap it in gymnasium.wrappers.FlattenObservation)."
         )
     # GymWrapper already returns a TransformedEnv for vector envs: append rather than nest.
     env = GymWrapper(base, device=device, categorical_action_encoding=False).append_transform(

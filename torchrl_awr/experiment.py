@@ -37,7 +37,7 @@ from torchrl_awr.builders import (
     make_replay_buffer,
     write_json,
 )
-from torchrl_awr.config import load_config
+from torchrl_awr.config import CollectorConfig, load_config
 from torchrl_awr.envs import check_env_id, make_env
 from torchrl_awr.hooks import Evaluate
 from torchrl_awr.trainer import AWRTrainer, ResumableTrainer
@@ -149,7 +149,8 @@ def check_not_finished(cfg: DictConfig, output_dir: Path) -> None:
 
 
 def check_batches(cfg: DictConfig) -> None:
-    """Refuse a buffer smaller than a batch; round ``collector.total_frames`` up to whole batches, with one line."""
+    """Refuse a buffer smaller than a batch; round ``collector.total_frames`` up to whole batches, with one warning
+    line unless it is the default (1M frames: 1,001,472 with 2048-frame batches)."""
     size, batch, total = cfg.buffer.size, cfg.collector.frames_per_batch, cfg.collector.total_frames
     if size < batch:
         raise ValueError(
@@ -158,13 +159,15 @@ def check_batches(cfg: DictConfig) -> None:
         )
     if total % batch:
         rounded = -(-total // batch) * batch
+        cfg.collector.total_frames = rounded
+        if total == CollectorConfig.total_frames:  # the default "1M" is whole batches by design: no warning
+            return
         print(
             f"warning: collector.total_frames={total} is not a multiple of collector.frames_per_batch={batch}; "
             f"training {rounded} frames.",
             file=sys.stderr,
             flush=True,
         )
-        cfg.collector.total_frames = rounded
 
 
 def build_trainer(
