@@ -13,6 +13,9 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from torchrl.checkpoint import CheckpointRotation
 
 SEAL = "integrity.json"
 # The names torchrl 0.14's Checkpoint.save / CheckpointRotation give their temporary siblings of a checkpoint
@@ -37,6 +40,15 @@ def seal(checkpoint: Path) -> Path:
     tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
     os.replace(tmp, target)
     return target
+
+
+class SealedRotation(CheckpointRotation):
+    """A :class:`~torchrl.checkpoint.CheckpointRotation` that seals each checkpoint it publishes."""
+
+    def save(self, *args: Any, **kwargs: Any) -> Path:
+        destination = super().save(*args, **kwargs)
+        seal(destination)
+        return destination
 
 
 def damage(checkpoint: Path) -> str | None:

@@ -28,7 +28,7 @@ from torchrl_awr.hooks import (
     RunClock,
     UpdateObservationNorm,
 )
-from torchrl_awr.integrity import damage, remove_stale, seal
+from torchrl_awr.integrity import SealedRotation, damage, remove_stale
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.update import RegressionPhase
 
@@ -54,7 +54,7 @@ class ResumableTrainer(Trainer):
     Its :class:`~torchrl_awr.hooks.RunClock` (``clock``) counts ``collected_frames`` in ``unit``;
     subclasses register it after their own hooks.
 
-    Each checkpoint is sealed (:func:`torchrl_awr.integrity.seal`) once published and checked before it is
+    Each checkpoint is sealed (:class:`torchrl_awr.integrity.SealedRotation`) once published and checked before it is
     loaded; the temporary directories of a killed save are removed when the trainer is built. During
     :meth:`train`, SIGINT and SIGTERM stop the run at the end of the iteration under way: it saves a
     checkpoint and raises :class:`Interrupted`.
@@ -78,7 +78,7 @@ class ResumableTrainer(Trainer):
         checkpoint = rotation = None
         if checkpoint_dir is not None:
             checkpoint = Checkpoint(rng=GlobalRNGState())
-            rotation = CheckpointRotation(checkpoint_dir, keep_last=keep_checkpoints)
+            rotation = SealedRotation(checkpoint_dir, keep_last=keep_checkpoints)
         super().__init__(
             collector=collector,
             total_frames=total_frames,
@@ -98,13 +98,6 @@ class ResumableTrainer(Trainer):
         self._signal: int | None = None
         if rotation is not None:
             remove_stale(rotation.directory)
-
-    def _save_trainer(self) -> None:
-        super()._save_trainer()
-        if self.checkpoint_rotation is not None:
-            # CheckpointRotation names a directory checkpoint <prefix>-<step:012d> (torchrl 0.14), step = frames
-            rotation = self.checkpoint_rotation
-            seal(rotation.directory / f"{rotation.prefix}-{self.collected_frames:012d}")
 
     @contextmanager
     def _signals_stop(self) -> Iterator[None]:
