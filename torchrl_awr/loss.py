@@ -85,8 +85,7 @@ def standardize(advantage: Tensor, mask: Tensor | None = None) -> Tensor:
         return ((wide - wide.mean()) / (wide.std(unbiased=False) + ADVANTAGE_EPS)).to(advantage.dtype)
     keep = _broadcast(mask, wide)
     wide = torch.where(keep, wide, torch.zeros_like(wide))
-    mean = _masked_mean(wide, keep)
-    std = _masked_mean((wide - mean) ** 2, keep).sqrt()
+    mean, std = _masked_mean(wide, keep), _masked_var(wide, keep).sqrt()
     out = (wide - mean) / (std + ADVANTAGE_EPS)
     return torch.where(keep, out, torch.zeros_like(out)).to(advantage.dtype)
 
@@ -606,23 +605,14 @@ class AWRLoss(LossModule):
         log_prob = dist.log_prob(action)
         weights = weights.reshape(log_prob.shape)
         loss = -weights * log_prob
-        if mask is None:
-            metadata = {
-                "weight_mean": weights.mean().detach(),
-                "weight_max": weights.max().detach(),
-                "weight_clip_fraction": clipped.float().mean(),
-                "advantage_mean": advantage.mean(),
-                "advantage_std": advantage.std(unbiased=False),
-            }
-        else:
-            keep = _broadcast(mask, weights)
-            metadata = {
-                "weight_mean": _masked_mean(weights, mask).detach(),
-                "weight_max": torch.where(keep, weights, torch.zeros_like(weights)).max().detach(),
-                "weight_clip_fraction": _masked_mean(clipped.float(), mask),
-                "advantage_mean": _masked_mean(advantage, mask),
-                "advantage_std": _masked_var(advantage, mask).sqrt(),
-            }
+        kept_weights = weights if mask is None else torch.where(_broadcast(mask, weights), weights, 0.0)
+        metadata = {
+            "weight_mean": _masked_mean(weights, mask).detach(),
+            "weight_max": kept_weights.max().detach(),
+            "weight_clip_fraction": _masked_mean(clipped.float(), mask),
+            "advantage_mean": _masked_mean(advantage, mask),
+            "advantage_std": _masked_var(advantage, mask).sqrt(),
+        }
         if self.action_bound_penalty > 0:
             loss = loss + self.action_bound_penalty * self._bound_violation(dist)
         if self._analytic_entropy:
