@@ -240,9 +240,10 @@ class RegressionPhase(TrainerHookBase):
         self._data: TensorDictBase | None = None
         self._totals: dict[str, Tensor] | None = None
         self._trainer: Trainer | None = None
-        self.compiled = compile and self._can_compile()
+        owner = loss_owner(loss_fn)
+        self.compiled = compile and self._can_compile(owner)
         if self.compiled:
-            self._objective = _Objective(loss_owner(loss_fn), loss_fn)
+            self._objective = _Objective(owner, loss_fn)
             names = {id(p): n for n, p in self._objective.named_parameters(remove_duplicate=False)}
             self._param_names = [names[id(p)] for p in self.params]
             self._update_fn = UPDATES[type(optimizer)]
@@ -251,9 +252,8 @@ class RegressionPhase(TrainerHookBase):
             self._traced = self._graph_ready = False
         self._update = CudaGraphModule(self._step, warmup=2) if cudagraphs else self._step
 
-    def _can_compile(self) -> bool:
+    def _can_compile(self, owner: nn.Module | None) -> bool:
         reason = unsupported(self.optimizer)
-        owner = loss_owner(self.loss_fn)
         if reason is None and owner is None:
             reason = f"loss_fn {self.loss_fn!r} is neither a module nor a module's method"
         if reason is None and any(isinstance(m, TensorDictParams) for m in owner.modules()):
