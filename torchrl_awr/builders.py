@@ -20,7 +20,7 @@ from torchrl_awr.config import to_flat_dict
 from torchrl_awr.envs import make_env
 from torchrl_awr.hooks import Evaluate
 from torchrl_awr.loss import AWRLoss
-from torchrl_awr.models import make_awr_actor, make_awr_value, make_observation_norm
+from torchrl_awr.models import make_awr_networks
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,18 +55,14 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
     """Actor, critic (sharing one observation normaliser) and the AWR loss with its TD(λ) estimator."""
     obs_spec = env.observation_spec_unbatched["observation"]
     action_spec = env.action_spec_unbatched
-    norm = make_observation_norm(obs_spec.shape[-1])
-    actor = make_awr_actor(
+    value_scale = 1.0 / (1.0 - cfg.loss.gamma) if cfg.loss.gamma < 1 else 1.0
+    actor, value = make_awr_networks(
         obs_spec,
         action_spec,
         hidden_sizes=cfg.model.hidden_sizes,
         action_std=cfg.model.action_std,
         learn_std=cfg.model.learn_std,
-        observation_norm=norm,
-    )
-    value_scale = 1.0 / (1.0 - cfg.loss.gamma) if cfg.loss.gamma < 1 else 1.0
-    value = make_awr_value(
-        obs_spec, hidden_sizes=cfg.model.hidden_sizes, value_scale=value_scale, observation_norm=norm
+        value_scale=value_scale,
     )
     continuous = action_spec.dtype.is_floating_point
     loss = AWRLoss(

@@ -252,6 +252,36 @@ def make_awr_value(
     return TensorDictSequential(observation_norm, DirectWriteModule(net, in_keys=[NORM_KEY], out_keys=["state_value"]))
 
 
+def make_awr_networks(
+    observation_spec: TensorSpec,
+    action_spec: TensorSpec,
+    *,
+    hidden_sizes: Sequence[int] = (128, 64),
+    action_std: float = 0.4,
+    learn_std: bool = False,
+    value_scale: float = 1.0,
+) -> tuple[ProbabilisticTensorDictSequential, TensorDictSequential]:
+    """``(actor, critic)`` for one env's unbatched specs, sharing one observation normaliser.
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> actor, value = make_awr_networks(Unbounded(3), Bounded(-1.0, 1.0, shape=(1,)))
+        >>> actor.module[0][0] is value.module[0]
+        True
+    """
+    norm = make_observation_norm(observation_spec.shape[-1])
+    actor = make_awr_actor(
+        observation_spec,
+        action_spec,
+        hidden_sizes=hidden_sizes,
+        action_std=action_std,
+        learn_std=learn_std,
+        observation_norm=norm,
+    )
+    value = make_awr_value(observation_spec, hidden_sizes=hidden_sizes, value_scale=value_scale, observation_norm=norm)
+    return actor, value
+
+
 class _Scale(nn.Module):
     def __init__(self, scale: float) -> None:
         super().__init__()

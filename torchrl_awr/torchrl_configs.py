@@ -34,7 +34,7 @@ from torchrl.trainers.algorithms.configs.objectives import LossConfig
 from torchrl.trainers.algorithms.configs.trainers import TrainerConfig
 
 from torchrl_awr.loss import AWRLoss
-from torchrl_awr.models import StateNorm, make_awr_actor, make_awr_value, make_observation_norm
+from torchrl_awr.models import StateNorm, make_awr_networks
 from torchrl_awr.trainer import AWRTrainer
 
 
@@ -103,14 +103,10 @@ def make_awr_loss(
         obs_spec, action_spec = env.observation_spec["observation"], env.action_spec
         for _ in env.batch_size:
             obs_spec, action_spec = obs_spec[0], action_spec[0]
-        norm = make_observation_norm(obs_spec.shape[-1])
         sizes = tuple(hidden_sizes) if hidden_sizes else (128, 64)
-        if actor_network is None:
-            actor_network = make_awr_actor(
-                obs_spec, action_spec, hidden_sizes=sizes, action_std=action_std, observation_norm=norm
-            )
-        if value_network is None:
-            value_network = make_awr_value(obs_spec, hidden_sizes=sizes, observation_norm=norm)
+        actor, value = make_awr_networks(obs_spec, action_spec, hidden_sizes=sizes, action_std=action_std)
+        actor_network = actor if actor_network is None else actor_network
+        value_network = value if value_network is None else value_network
     if not isinstance(actor_network, ProbabilisticTensorDictSequential):
         raise TypeError(f"loss=awr: actor_network must be a probabilistic TensorDict module, got {actor_network!r}.")
     if not isinstance(value_network, TensorDictModuleBase):
