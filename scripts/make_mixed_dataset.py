@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import gymnasium as gym
 import numpy as np
@@ -95,9 +96,7 @@ def write_minari(root: str | Path, name: str, good: int, random: int, seed: int 
     """A Minari dataset ``name`` under the Minari root ``root``, written by minari's ``DataCollector``."""
     root = Path(root).absolute()
     root.mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
+    with patch.dict(os.environ, {"MINARI_DATASETS_PATH": str(root)}):
         from minari import DataCollector
 
         env = DataCollector(gym.make(ENV), record_infos=False)
@@ -111,11 +110,6 @@ def write_minari(root: str | Path, name: str, good: int, random: int, seed: int 
             eval_env=ENV,
         )
         env.close()
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
     return root / name
 
 

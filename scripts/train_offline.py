@@ -16,13 +16,14 @@ Bad input or a bad dataset exits with one line on stderr and status 2 (``torchrl
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from torchrl_awr.cli import run_command
-from torchrl_awr.offline_trainer import resolve_offline_run, run_offline
+from torchrl_awr.experiment import resolve_run, run
 
 
 def main(argv: list[str]) -> int:
-    return run_command("train_offline.py", argv, resolve_offline_run, run_offline)
+    return run_command("train_offline.py", argv, partial(resolve_run, offline=True), partial(run, offline=True))
 
 
 if __name__ == "__main__":

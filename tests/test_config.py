@@ -39,7 +39,7 @@ def test_recipe_original_is_the_original_awr_settings():
     assert cfg.loss.max_weight == pytest.approx(20.0)
     assert cfg.loss.gamma == pytest.approx(0.99)
     assert cfg.loss.lmbda == pytest.approx(0.95)
-    assert cfg.loss.normalize_advantage is True
+    assert cfg.loss.normalize_advantage == "buffer"
     assert cfg.loss.action_bound_penalty == pytest.approx(10.0)
     assert cfg.buffer.size == 50_000
     assert cfg.collector.frames_per_batch == 2048

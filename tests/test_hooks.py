@@ -12,13 +12,9 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from torchrl_awr import make_awr_actor, make_env, make_observation_norm
-from torchrl_awr.hooks import (
-    Evaluate,
-    ExtendBuffer,
-    LogEpisodeReturn,
-    RunClock,
-    UpdateObservationNorm,
-)
+from torchrl_awr.buffers import ExtendBuffer
+from torchrl_awr.models import UpdateObservationNorm
+from torchrl_awr.monitoring import Evaluate, LogEpisodeReturn, RunClock
 
 
 def obs_batch(obs: torch.Tensor, mask: torch.Tensor | None = None) -> TensorDict:

@@ -16,9 +16,10 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 
 from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, relabel
+from torchrl_awr.buffers import make_offline_buffer
 from torchrl_awr.config import load_config
-from torchrl_awr.offline import DatasetError, load_dataset, make_offline_buffer, to_transitions
-from torchrl_awr.offline_trainer import build_offline_trainer, run_offline
+from torchrl_awr.datasets import DatasetError, load_dataset, to_transitions
+from torchrl_awr.experiment import build_trainer, run
 
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
 HAS_MINARI = importlib.util.find_spec("minari") is not None and importlib.util.find_spec("jax") is not None
@@ -121,7 +122,7 @@ def test_hdf5_file_trains_offline_with_both_relabel_modes(tmp_path: Path) -> Non
     # targets computed once (Monte-Carlo returns with lmbda=1), then only advantages refreshed; and BC
     for extra in (["offline.relabel=once", "loss.lmbda=1"], ["offline.algo=bc"]):
         cfg = load_config(["dataset.source=hdf5", f"dataset.path={path}", *FAST, *extra, "logger.backend=none"])
-        summary = run_offline(cfg, tmp_path / extra[0].split("=")[1], progress_bar=False)
+        summary = run(cfg, tmp_path / extra[0].split("=")[1], progress_bar=False, offline=True)
         assert summary["gradient_steps"] == 200 and np.isfinite(summary["final_eval_return_mean"])
 
 
@@ -296,18 +297,42 @@ def test_resume_keeps_the_targets_computed_once(tmp_path: Path) -> None:
     path = _datasets_module().write_hdf5(tmp_path / "mixed.hdf5", good=1, random=3, seed=0)
     args = ["dataset.source=hdf5", f"dataset.path={path}", *FAST, "offline.relabel=once", "logger.backend=none"]
     cfg = load_config([*args, "offline.steps=100", "checkpoint.interval=1"])
-    trainer, _, _ = build_offline_trainer(cfg, tmp_path / "run", progress_bar=False)
+    trainer, _, _ = build_trainer(cfg, tmp_path / "run", progress_bar=False, offline=True)
     trainer.train()
-    targets = trainer.replay_buffer.storage[: len(trainer.replay_buffer)].get("value_target").clone()
+    targets = trainer.buffer.storage[: len(trainer.buffer)].get("value_target").clone()
     assert targets.abs().sum() > 0
 
-    fresh, _, _ = build_offline_trainer(cfg, tmp_path / "run", progress_bar=False)
+    fresh, _, _ = build_trainer(cfg, tmp_path / "run", progress_bar=False, offline=True)
     fresh.resume(tmp_path / "run" / "checkpoints")
-    fixed = dict(fresh._modules)["fixed_targets"]
-    assert fixed.ready
-    for _ in range(2):  # the resumed run's setup must not relabel with the (trained) critic
-        fixed.setup()
-        assert torch.equal(fresh.replay_buffer.storage[: len(fresh.replay_buffer)].get("value_target"), targets)
+    assert torch.equal(fresh.update.fixed_targets, targets)
+    for _ in range(2):  # the resumed run's updates must not relabel with the (trained) critic
+        fresh.update()
+        assert torch.equal(fresh.buffer.storage[: len(fresh.buffer)].get("value_target"), targets)
+
+
+@needs_h5py
+def test_checkpoints_hold_no_dataset_and_resume_refuses_another(tmp_path: Path) -> None:
+    """The dataset stays out of the checkpoints (their size does not grow with it); resuming re-reads it and
+    refuses, in one line, a dataset that is not the one the run started from."""
+    sizes = {}
+    for episodes in (2, 24):
+        path = _datasets_module().write_hdf5(tmp_path / f"data{episodes}.hdf5", good=1, random=episodes - 1, seed=0)
+        cfg = load_config(["dataset.source=hdf5", f"dataset.path={path}", *FAST, "offline.steps=100",
+                           "logger.backend=none"])
+        run(cfg, tmp_path / f"run{episodes}", progress_bar=False, offline=True)
+        (checkpoint,) = (tmp_path / f"run{episodes}" / "checkpoints").glob("checkpoint-*")
+        assert not any("replay_buffer" in p.name for p in checkpoint.rglob("*")), "the dataset was checkpointed"
+        sizes[episodes] = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
+        transitions = json.loads((tmp_path / f"run{episodes}" / "summary.json").read_text())["transitions"]
+        dataset_bytes = transitions * 4 * (2 * 3 + 1 + 1)  # observations, next observations, action, reward
+    assert dataset_bytes > 100_000 and abs(sizes[24] - sizes[2]) < 0.01 * dataset_bytes, sizes
+
+    out = tmp_path / "run24"
+    other = tmp_path / "data2.hdf5"
+    proc = run_script(OFFLINE, f"resume={out}", f"dataset.path={other}", "offline.steps=200")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "is not the dataset this run started from" in line and str(other) in line, line
 
 
 def test_transitions_need_finite_values_and_matching_shapes() -> None:
@@ -361,7 +386,7 @@ def test_awr_beats_behaviour_cloning_on_mixed_quality_data(tmp_path: Path) -> No
     returns = {}
     for algo in ("awr", "bc"):
         cfg = load_config([*common, f"offline.algo={algo}"])
-        returns[algo] = run_offline(cfg, tmp_path / algo, progress_bar=False)["final_eval_return_mean"]
+        returns[algo] = run(cfg, tmp_path / algo, progress_bar=False, offline=True)["final_eval_return_mean"]
     # random ≈ -1200, the good controller ≈ -130; measured here: AWR ≈ -290, BC ≈ -1170
     assert returns["awr"] > returns["bc"] + 400, returns
     assert returns["awr"] > -600, returns

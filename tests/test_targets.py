@@ -469,8 +469,10 @@ def test_relabel_can_standardise_advantages_over_the_whole_buffer():
     raw_rb, norm_rb = (TensorDictReplayBuffer(storage=LazyTensorStorage(n)) for _ in range(2))
     raw_rb.extend(data.clone())
     norm_rb.extend(data.clone())
+    loss.normalize_advantage = False
     raw_stats = relabel(raw_rb, loss)
-    norm_stats = relabel(norm_rb, loss, normalize_advantage=True)
+    loss.normalize_advantage = "buffer"
+    norm_stats = relabel(norm_rb, loss)
     raw = raw_rb.storage[:n]["advantage"]
     normed = norm_rb.storage[:n]["advantage"]
     assert raw_stats == norm_stats  # stats describe the raw advantages either way

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-from torchrl_awr.builders import make_replay_buffer
+from torchrl_awr.buffers import make_replay_buffer
 from torchrl_awr.config import load_config
 
 FAST = [
@@ -214,9 +214,9 @@ def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
     assert "damaged" in proc.stderr and "no whole checkpoint" in proc.stderr
 
 
-def test_learns_inverted_pendulum() -> None:
+def test_learns_inverted_pendulum(tmp_path: Path) -> None:
     """Fixed-seed learning check on a small task (a few CPU minutes)."""
-    out = ROOT / "outputs" / "pytest-learning-invpend"
+    out = tmp_path / "invpend"
     proc = run_script(
         "env.name=InvertedPendulum-v5",
         "collector.total_frames=40960",

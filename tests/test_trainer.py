@@ -14,19 +14,15 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.trainers import UpdateWeights
 
-import torchrl_awr.hooks as hooks_module
+import torchrl_awr.update as update_module
 from torchrl_awr import AWRLoss, AWRTrainer, make_awr_actor, make_awr_value, make_env, make_observation_norm
-from torchrl_awr.hooks import (
-    ExtendBuffer,
-    LogEpisodeReturn,
-    RelabelTargets,
-    RunClock,
-    UpdateObservationNorm,
-)
+from torchrl_awr.buffers import ExtendBuffer
 from torchrl_awr.integrity import SEAL, damage
+from torchrl_awr.models import UpdateObservationNorm
+from torchrl_awr.monitoring import LogEpisodeReturn, RunClock
 from torchrl_awr.targets import relabel
 from torchrl_awr.trainer import Interrupted
-from torchrl_awr.update import RegressionPhase
+from torchrl_awr.update import AWRUpdate, RegressionPhase
 
 FRAMES_PER_BATCH = 256
 TOTAL_FRAMES = 512
@@ -79,7 +75,7 @@ def ops(op_list) -> list:
 
 
 def phases(trainer: AWRTrainer) -> dict[str, RegressionPhase]:
-    return {op.name: op for op in ops(trainer._pre_optim_ops) if isinstance(op, RegressionPhase)}
+    return {phase.name: phase for phase in (trainer.update.critic_phase, trainer.update.actor_phase)}
 
 
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -98,7 +94,7 @@ def trained(tmp_path_factory):
     actor_before = params(trainer.loss_module.actor_network)
     critic_before = params(trainer.loss_module.value_network)
     events: list[str] = []
-    real_relabel = hooks_module.relabel
+    real_relabel = update_module.relabel
 
     def spy_relabel(buffer, loss, **kwargs):
         events.append("relabel")
@@ -119,11 +115,11 @@ def trained(tmp_path_factory):
         return update(*args, **kwargs)
 
     trainer.collector.update_policy_weights_ = spy_update
-    hooks_module.relabel = spy_relabel
+    update_module.relabel = spy_relabel
     try:
         trainer.train()
     finally:
-        hooks_module.relabel = real_relabel
+        update_module.relabel = real_relabel
     return {
         "trainer": trainer,
         "dir": ckpt,
@@ -144,9 +140,8 @@ def test_hook_order_is_the_awr_iteration():
     assert [type(op) for op in ops(trainer._pre_steps_log_ops)] == [LogEpisodeReturn]
 
     pre_optim = ops(trainer._pre_optim_ops)
-    assert [type(op) for op in pre_optim] == [RelabelTargets, RegressionPhase, RelabelTargets, RegressionPhase]
-    relabel_critic, critic_phase, relabel_actor, actor_phase = pre_optim
-    assert relabel_critic is not relabel_actor
+    assert pre_optim == [trainer.update] and isinstance(trainer.update, AWRUpdate)
+    critic_phase, actor_phase = trainer.update.critic_phase, trainer.update.actor_phase
     assert critic_phase.name == "critic_phase" and actor_phase.name == "actor_phase"
     loss = trainer.loss_module
     assert critic_phase.loss_fn == loss.value_loss
@@ -158,20 +153,18 @@ def test_hook_order_is_the_awr_iteration():
     assert (critic_phase.steps, actor_phase.steps) == (2, 4)
     assert critic_phase.batch_size == actor_phase.batch_size == 64
     assert critic_phase.replay_buffer is actor_phase.replay_buffer is trainer.replay_buffer
-    for relabel_op in (relabel_critic, relabel_actor):
-        assert relabel_op.replay_buffer is trainer.replay_buffer and relabel_op.loss_module is loss
+    assert trainer.update.replay_buffer is trainer.replay_buffer and trainer.update.loss_module is loss
 
     assert [type(op) for op in ops(trainer._post_steps_ops)] == [UpdateWeights]
-    assert [type(op) for op in ops(trainer._post_steps_log_ops)] == [RunClock]
-    assert ops(trainer._post_steps_log_ops)[0] is trainer.clock
+    assert ops(trainer._post_steps_log_ops) == [trainer.update.log, trainer.clock]
+    assert isinstance(trainer.clock, RunClock)
     # AWR's phases replace the generic optimisation loop
     assert trainer.optim_steps_per_batch == 0
     assert trainer._optimizer_ops == [] and trainer._process_optim_batch_ops == []
     assert set(trainer._modules) >= {
         "update_observation_norm",
         "replay_buffer",
-        "critic_phase",
-        "actor_phase",
+        "awr_update",
         "clock",
     }
 

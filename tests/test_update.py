@@ -9,7 +9,6 @@ import warnings
 
 import pytest
 import torch
-from fakes import DummyTrainer
 from tensordict import TensorDict
 from torchrl.data import Bounded, LazyTensorStorage, OneHot, TensorDictReplayBuffer
 
@@ -78,31 +77,30 @@ def regression_setup(steps: int, n: int = 32, batch_size: int = 8):
         return loss, {"aux": aux}
 
     phase = RegressionPhase("critic_phase", loss_fn, ["x", "y"], rb, optimizer, steps, batch_size)
-    trainer = DummyTrainer()
-    phase._trainer = trainer
-    return phase, optimizer, weight, record, trainer
+    return phase, optimizer, weight, record
 
 
 def test_regression_phase_steps_and_averaged_metrics():
-    phase, optimizer, weight, record, trainer = regression_setup(steps=3)
+    phase, optimizer, weight, record = regression_setup(steps=3)
     phase()
     assert optimizer.calls == 3
     assert len(record) == 3
     assert [w for *_, w in record] == sorted(w for *_, w in record)  # each step moved the weight towards 3
     assert len({w for *_, w in record}) == 3
     assert 0 < weight.item() < 3
-    assert trainer.logged == [
+    assert [phase.log(), phase.log()] == [
         {
             "critic_phase/loss": pytest.approx(sum(r[0] for r in record) / 3),
             "critic_phase/aux": pytest.approx(sum(r[1] for r in record) / 3),
-        }
+        },
+        None,  # logged once
     ]
 
 
 def test_regression_phase_zero_steps_does_nothing():
-    phase, optimizer, weight, record, trainer = regression_setup(steps=0)
+    phase, optimizer, weight, record = regression_setup(steps=0)
     phase()
-    assert optimizer.calls == 0 and record == [] and trainer.logged == []
+    assert optimizer.calls == 0 and record == [] and phase.log() is None
     assert weight.item() == 0.0
 
 
@@ -138,7 +136,7 @@ def test_regression_phase_rejects_non_finite_buffer_entries():
 
 def test_regression_phase_follows_the_buffer_across_phases():
     """The phase buffer has fixed addresses (as a captured graph needs) and holds the buffer's newest content."""
-    phase, optimizer, weight, record, trainer = regression_setup(steps=1, n=8, batch_size=8)
+    phase, optimizer, weight, record = regression_setup(steps=1, n=8, batch_size=8)
     phase()
     data, address = phase._data, phase._data["x"].data_ptr()
     phase.replay_buffer.extend(TensorDict(x=torch.full((8, 1), 2.0), y=torch.zeros(8, 1), batch_size=[8]))
@@ -197,18 +195,17 @@ def awr_phases(device: str, optimizer: str, actor: str = "gaussian", steps: int 
                              make_opt(loss.value_network), steps, 32, **kwargs)
     actor_phase = RegressionPhase("actor_phase", loss.actor_loss, ["observation", keys.action, keys.advantage],
                                   rb, make_opt(loss.actor_network), steps, 32, **kwargs)
-    critic._trainer = actor_phase._trainer = DummyTrainer()
     return loss, critic, actor_phase
 
 
 def run_phases(device: str, optimizer: str = "sgd", repeats: int = 2, **kwargs):
     """Parameters and logged metrics after ``repeats`` rounds of both phases, fixed seeds."""
     loss, critic, actor = awr_phases(device, optimizer, **kwargs)
+    logged = []
     for _ in range(repeats):
-        critic()
-        actor()
+        logged += [critic(), actor()]
     params = {k: v.detach().cpu() for k, v in loss.named_parameters()}
-    return params, critic._trainer.logged
+    return params, logged
 
 
 def assert_same_updates(ours, eager, rtol: float, atol: float):
@@ -310,7 +307,6 @@ def test_unsupported_optimizer_warns_once_and_updates_eagerly():
     with pytest.warns(UserWarning, match=r"critic_phase: compile=True cannot express RMSprop \(supported: SGD, Adam\)"):
         phase = RegressionPhase("critic_phase", critic.loss_fn, critic.keys, critic.replay_buffer, rmsprop, 4, 32,
                                 compile=True)
-    phase._trainer = DummyTrainer()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         phase()

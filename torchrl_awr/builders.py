@@ -5,22 +5,23 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig
-from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
+from torchrl.objectives import BCLoss
 from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
 from torchrl.trainers import Trainer
 
 from torchrl_awr.collectors import make_collector  # noqa: F401 - re-exported: builders stay one import
 from torchrl_awr.config import to_flat_dict
 from torchrl_awr.envs import make_env
-from torchrl_awr.hooks import Evaluate
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import make_awr_networks
+from torchrl_awr.monitoring import Evaluate
 
 
 def resolve_device(device: str) -> torch.device:
@@ -70,7 +71,7 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
         value,
         beta=cfg.loss.beta,
         max_weight=cfg.loss.max_weight,
-        normalize_advantage=cfg.loss.normalize_advantage and cfg.loss.advantage_stats == "batch",
+        normalize_advantage=cfg.loss.normalize_advantage,
         action_bound_penalty=cfg.loss.action_bound_penalty if continuous else 0.0,
         action_spec=action_spec if continuous else None,
         entropy_coeff=cfg.loss.entropy_coeff,
@@ -78,6 +79,13 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
     )
     loss.make_value_estimator(gamma=cfg.loss.gamma, lmbda=cfg.loss.lmbda)
     return loss
+
+
+def make_bc_loss(loss: AWRLoss) -> BCLoss:
+    """TorchRL's :class:`~torchrl.objectives.BCLoss` on the AWR actor: the behaviour-cloning baseline."""
+    with warnings.catch_warnings():  # torchrl 0.14.1's BCLoss warns about its own target_actor_network_params
+        warnings.simplefilter("ignore", UserWarning)
+        return BCLoss(loss.actor_network)
 
 
 def make_optimizers(cfg: DictConfig, loss: AWRLoss) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -95,15 +103,6 @@ def make_optimizers(cfg: DictConfig, loss: AWRLoss) -> tuple[torch.optim.Optimiz
     return make(loss.actor_network.parameters(), cfg.optim.actor_lr), make(
         loss.value_network.parameters(), cfg.optim.critic_lr
     )
-
-
-def make_replay_buffer(cfg: DictConfig, output_dir: Path, device: torch.device) -> TensorDictReplayBuffer:
-    """FIFO buffer of ``buffer.size`` transitions in RAM (``tensor``) or memory-mapped files (``memmap``)."""
-    if cfg.buffer.storage == "memmap":
-        storage = LazyMemmapStorage(cfg.buffer.size, scratch_dir=output_dir / "buffer", device=device, existsok=True)
-    else:
-        storage = LazyTensorStorage(cfg.buffer.size, device=device)
-    return TensorDictReplayBuffer(storage=storage)
 
 
 def max_episode_steps(env_name: str) -> int:

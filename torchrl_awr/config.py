@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from torchrl_awr.collectors import BACKENDS
+from torchrl_awr.datasets import SOURCES
+from torchrl_awr.update import RELABEL
+
 
 @dataclass
 class EnvConfig:
@@ -55,8 +59,8 @@ class LossConfig:
     max_weight: float = 20.0
     gamma: float = 0.99
     lmbda: float = 0.95
-    normalize_advantage: bool = True
-    advantage_stats: str = "buffer"  # buffer (the original: once over the replay buffer) | batch (per minibatch)
+    # buffer (the original: standardised once over the whole replay buffer) | batch (per minibatch) | none
+    normalize_advantage: str = "buffer"
     action_bound_penalty: float = 10.0
     entropy_coeff: float = 0.0
 
@@ -97,7 +101,7 @@ class CheckpointConfig:
 
 @dataclass
 class DatasetConfig:
-    """Offline data for ``scripts/train_offline.py`` (``torchrl_awr.offline``)."""
+    """Offline data for ``scripts/train_offline.py`` (``torchrl_awr.datasets``)."""
 
     source: str = "buffer"  # buffer (a buffer.save dir) | minari (a local Minari root) | hdf5 (a D4RL-style file)
     path: str = ""  # the run's output dir or its replay_buffer/; the Minari datasets root; the .hdf5 file
@@ -166,11 +170,11 @@ CHOICES = {
     "logger.backend": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("offline", "online", "disabled"),
     "device": ("cpu", "cuda", "auto"),
-    "loss.advantage_stats": ("buffer", "batch"),
-    "dataset.source": ("buffer", "minari", "hdf5"),
+    "loss.normalize_advantage": ("buffer", "batch", "none"),
+    "dataset.source": SOURCES,
     "offline.algo": ("awr", "bc"),
-    "offline.relabel": ("refresh", "once"),
-    "collector.backend": ("single", "multi", "ray"),
+    "offline.relabel": RELABEL,
+    "collector.backend": BACKENDS,
 }
 POSITIVE = (
     "loss.beta",

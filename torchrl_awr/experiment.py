@@ -1,8 +1,7 @@
 """One AWR run from a config: build, train, evaluate, checkpoint, summarise.
 
-:func:`run` trains online with :func:`build_trainer` (``scripts/train_mujoco.py``)
-or offline with :func:`torchrl_awr.offline_trainer.build_offline_trainer`
-(``scripts/train_offline.py``). The output directory holds ``config.yaml`` (the
+:func:`run` trains online (``scripts/train_mujoco.py``) or, with ``offline=True``, from a dataset
+(``scripts/train_offline.py``), both built by :func:`build_trainer`. The output directory holds ``config.yaml`` (the
 resolved config), ``eval.csv`` (one row per evaluation), ``checkpoints/``,
 ``policy.pt`` (the final actor's state dict, observation normaliser included),
 ``summary.json`` and, online with ``buffer.save=true``, ``replay_buffer/`` (the
@@ -18,31 +17,33 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torchrl.envs import ObservationNorm
 
+from torchrl_awr.buffers import make_offline_buffer, make_replay_buffer
 from torchrl_awr.builders import (
     acting_policy,
     learner_device,
+    make_bc_loss,
     make_collector,
     make_eval_env,
     make_evaluate,
     make_logger,
     make_loss,
     make_optimizers,
-    make_replay_buffer,
     write_json,
 )
+from torchrl_awr.compat import advance_progress_bar
 from torchrl_awr.config import CollectorConfig, load_config
+from torchrl_awr.datasets import PATH_HELP, DatasetError, DatasetIdentity, fit_to_env, load_dataset
 from torchrl_awr.envs import check_env_id, make_env
-from torchrl_awr.hooks import Evaluate
-from torchrl_awr.trainer import AWRTrainer, ResumableTrainer
-
-Builder = Callable[..., tuple[ResumableTrainer, Evaluate, dict[str, Any]]]
+from torchrl_awr.models import UpdateObservationNorm
+from torchrl_awr.monitoring import Evaluate
+from torchrl_awr.trainer import AWRTrainer
 
 
 def default_output_dir(cfg: DictConfig, root: Path = Path("outputs")) -> Path:
@@ -53,22 +54,28 @@ def default_output_dir(cfg: DictConfig, root: Path = Path("outputs")) -> Path:
     return root / cfg.env.name.replace("/", "_") / run
 
 
-# What may change when a run is continued: how long it runs, how it is logged and evaluated, threads.
-RESUME_OVERRIDES = ("collector.total_frames", "offline.steps", "logger.", "eval.", "threads")
+# What may change when a run is continued: how long it runs, where its dataset lies (checked by digest), how it is
+# logged and evaluated, threads.
+RESUME_OVERRIDES = ("collector.total_frames", "offline.steps", "dataset.path", "logger.", "eval.", "threads")
 
 
 class Finished(Exception):
     """``resume=`` of a run that already reached its total; the message says so and how to train more."""
 
 
-def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[DictConfig, Path]:
-    """The run's config and output directory (by default under ``root``); with ``resume=<dir>``, the saved
-    config of that run.
+def resolve_run(overrides: list[str], *, offline: bool = False) -> tuple[DictConfig, Path]:
+    """The run's config and output directory (by default under ``outputs/`` or, ``offline``, ``outputs/offline/``);
+    with ``resume=<dir>``, the saved config of that run.
 
     Raises:
-        ValueError: bad overrides, or a resume dir without a readable ``config.yaml``.
+        ValueError: bad overrides, a resume dir without a readable ``config.yaml``, or offline no ``dataset.path``.
     """
     cfg = load_config(overrides)
+    if offline and not cfg.dataset.path and not cfg.resume:
+        raise ValueError(
+            f"dataset.path is required: with dataset.source={cfg.dataset.source}, pass "
+            f"dataset.path=<{PATH_HELP[cfg.dataset.source]}>."
+        )
     if cfg.resume:
         run_dir = Path(cfg.resume)
         saved = run_dir / "config.yaml"
@@ -95,6 +102,7 @@ def resolve_run(overrides: list[str], root: Path = Path("outputs")) -> tuple[Dic
             OmegaConf.save(cfg, saved)  # the run now goes on with these
         return cfg, run_dir
     check_env_id(cfg.env.name)
+    root = Path("outputs") / "offline" if offline else Path("outputs")
     output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg, root)
     prepare_output_dir(output_dir, cfg.overwrite)
     return cfg, output_dir
@@ -171,49 +179,81 @@ def check_batches(cfg: DictConfig) -> None:
 
 
 def build_trainer(
-    cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None
+    cfg: DictConfig,
+    output_dir: Path,
+    progress_bar: bool = True,
+    tags: list[str] | None = None,
+    *,
+    offline: bool = False,
 ) -> tuple[AWRTrainer, Evaluate, dict[str, Any]]:
-    """Every part of an online AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`.
+    """Every part of one AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`: online, collecting on
+    ``cfg.env``, or with ``offline`` from ``cfg.dataset`` (the env only evaluates).
 
-    Returns the trainer, its evaluation hook and what the run summary adds (nothing online).
+    Returns the trainer, its evaluation hook and what the run summary adds (offline: algo, dataset, transitions).
 
     Raises:
         ValueError: ``buffer.size`` below ``collector.frames_per_batch`` (each batch would lose frames).
+        DatasetError: offline, the dataset is missing, malformed or does not fit the env.
     """
-    check_batches(cfg)
+    if not offline:
+        check_batches(cfg)
     torch.manual_seed(cfg.seed)
     device = learner_device(cfg)
-    env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
+    if offline:
+        data = load_dataset(cfg.dataset.source, cfg.dataset.path, cfg.dataset.name)  # bad data fails before the env
+        eval_env = env = make_eval_env(cfg)
+        label = f"dataset {cfg.dataset.path!r}"
+        data = fit_to_env(data, eval_env, label)
+        if data.shape[0] < cfg.optim.batch_size:
+            raise DatasetError(
+                f"the dataset holds {data.shape[0]} transitions, fewer than optim.batch_size={cfg.optim.batch_size}."
+            )
+    else:
+        env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
     loss = make_loss(cfg, env)
+    norm = next(m for m in loss.actor_network.modules() if isinstance(m, ObservationNorm))
+    if offline:
+        UpdateObservationNorm(norm, max_samples=data.shape[0])(data)  # state statistics of the whole dataset, frozen
     policy = acting_policy(loss.actor_network, device)
     loss = loss.to(device)
     actor_optim, critic_optim = make_optimizers(cfg, loss)
-    replay_buffer = make_replay_buffer(cfg, output_dir, device)
+    keys = loss.tensor_keys
     trainer = AWRTrainer(
-        collector=make_collector(cfg, env, policy),
+        collector=None if offline else make_collector(cfg, env, policy),
         loss_module=loss,
-        replay_buffer=replay_buffer,
+        replay_buffer=(
+            make_offline_buffer(data, device, (keys.advantage, keys.value_target))
+            if offline
+            else make_replay_buffer(cfg, output_dir, device)
+        ),
         actor_optimizer=actor_optim,
         critic_optimizer=critic_optim,
-        total_frames=cfg.collector.total_frames,
+        total_frames=cfg.offline.steps if offline else cfg.collector.total_frames,
         actor_steps=cfg.optim.actor_steps,
         critic_steps=cfg.optim.critic_steps,
         batch_size=cfg.optim.batch_size,
-        observation_norm=loss.actor_network.module[0][0],
+        relabel=cfg.offline.relabel if offline else "refresh",
+        observation_norm=None if offline else norm,
         normalizer_samples=cfg.model.normalizer_samples,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        normalize_advantage_over_buffer=cfg.loss.normalize_advantage and cfg.loss.advantage_stats == "buffer",
+        frames_per_batch=None if offline else cfg.collector.frames_per_batch,
+        bc_loss=make_bc_loss(loss) if offline and cfg.offline.algo == "bc" else None,
         checkpoint_dir=output_dir / "checkpoints",
         checkpoint_interval=cfg.checkpoint.interval,
         keep_checkpoints=cfg.checkpoint.keep_last,
         logger=make_logger(cfg, output_dir, tags),
         progress_bar=progress_bar,
         seed=cfg.seed,
+        device=device,
         compile=cfg.optim.compile,
         cudagraphs=cfg.optim.cudagraphs,
     )
-    evaluator = make_evaluate(cfg, make_eval_env(cfg), policy, loss.actor_network, trainer, output_dir)
-    return trainer, evaluator, {}
+    if not offline:
+        evaluator = make_evaluate(cfg, make_eval_env(cfg), policy, loss.actor_network, trainer, output_dir)
+        return trainer, evaluator, {}
+    trainer.register_module("dataset", DatasetIdentity(data, label))  # the data stays out of the checkpoints
+    evaluator = make_evaluate(cfg, eval_env, policy, loss.actor_network, trainer, output_dir)
+    dataset = {"source": cfg.dataset.source, "path": cfg.dataset.path, "name": cfg.dataset.name}
+    return trainer, evaluator, {"algo": cfg.offline.algo, "dataset": dataset, "transitions": data.shape[0]}
 
 
 def run(
@@ -221,10 +261,11 @@ def run(
     output_dir: Path,
     progress_bar: bool = True,
     tags: list[str] | None = None,
-    build: Builder = build_trainer,
+    *,
+    offline: bool = False,
 ) -> dict:
-    """Build with ``build``, train (or resume, with ``cfg.resume``) one run and write its outputs; returns the
-    summary.
+    """Build with :func:`build_trainer`, train (or resume, with ``cfg.resume``) one run and write its outputs;
+    returns the summary.
 
     ``tags`` label the W&B run (the scripts pass their ``key=value`` overrides).
 
@@ -235,19 +276,18 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume:
         check_not_finished(cfg, output_dir)
-    trainer, evaluator, extra = build(cfg, output_dir, progress_bar, tags)
+    trainer, evaluator, extra = build_trainer(cfg, output_dir, progress_bar, tags, offline=offline)
     if not cfg.resume:  # only once the build worked: a start that failed leaves no run behind to be refused
         OmegaConf.save(cfg, output_dir / "config.yaml")
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
-    if trainer.progress_bar:
-        trainer.register_op("setup", lambda: trainer._pbar.update(trainer.collected_frames))
+    trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames))
     if trainer.collected_frames < trainer.total_frames:
         trainer.train()
     else:  # killed after its last checkpoint, before the end: only the final evaluation is left to do
         evaluator.final()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
-    if cfg.buffer.save and isinstance(trainer, AWRTrainer):  # for train_offline.py dataset.source=buffer
+    if cfg.buffer.save and not offline:  # for train_offline.py dataset.source=buffer
         trainer.replay_buffer.dumps(output_dir / "replay_buffer")
     final = evaluator.history[-1]
     summary = {

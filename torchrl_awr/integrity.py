@@ -77,3 +77,7 @@ def remove_stale(directory: Path) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     return stale
+
+
+class ResumeRefused(ValueError):
+    """A checkpoint that loads, but belongs with other inputs than the run being resumed (one line saying which)."""

@@ -25,7 +25,15 @@ from torchrl.data import TensorSpec
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
+from torchrl_awr.compat import loss_mask_keys
+
 ADVANTAGE_EPS = 1e-5  # the original's ADV_EPS: keeps a zero-std batch finite
+
+
+# normalize_advantage's accepted values and what each is stored as (see AWRLoss)
+ADVANTAGE_NORMALIZATION: dict[bool | str, bool | str] = {
+    True: "batch", "batch": "batch", "buffer": "buffer", False: False, "none": False
+}
 
 
 def awr_weights(
@@ -180,11 +188,11 @@ class AWRLoss(LossModule):
         beta (float): temperature β > 0. Defaults to ``1.0`` (the released
             code's value, used on standardised advantages).
         max_weight (float): weight clip > 0. Defaults to ``20.0``.
-        normalize_advantage (bool): standardise the advantages over the batch
-            before weighting. Defaults to ``True``. (The original standardises
-            once over the whole replay buffer instead: pass
-            ``normalize_advantage=True`` to :func:`torchrl_awr.relabel` and
-            ``False`` here.)
+        normalize_advantage (bool or str): where the advantages are standardised, ``(A − mean) / (std + 1e-5)``,
+            before weighting: ``"batch"`` (or ``True``, TorchRL's convention) over each batch the loss sees;
+            ``"buffer"`` (the original) once over the whole replay buffer by :func:`torchrl_awr.relabel`, which reads
+            this attribute; ``False`` (or ``"none"``) not at all. Stored as ``"batch"``, ``"buffer"`` or ``False``.
+            Defaults to ``True``.
         action_bound_penalty (float): weight of the original's penalty
             ``½·Σ violation²`` on the Gaussian mean leaving the action bounds
             (measured in units of half the action range). ``0`` switches it
@@ -307,7 +315,7 @@ class AWRLoss(LossModule):
         *,
         beta: float = 1.0,
         max_weight: float = 20.0,
-        normalize_advantage: bool = True,
+        normalize_advantage: bool | str = True,
         action_bound_penalty: float = 0.0,
         action_spec: TensorSpec | None = None,
         entropy_coeff: float = 0.0,
@@ -347,7 +355,12 @@ class AWRLoss(LossModule):
         )
         self.beta = float(beta)
         self.max_weight = float(max_weight)
-        self.normalize_advantage = normalize_advantage
+        if normalize_advantage not in ADVANTAGE_NORMALIZATION:
+            raise ValueError(
+                f"AWRLoss: normalize_advantage={normalize_advantage!r}; allowed: 'batch' (or True), 'buffer', "
+                "'none' (or False)."
+            )
+        self.normalize_advantage = ADVANTAGE_NORMALIZATION[normalize_advantage]
         self.entropy_coeff = float(entropy_coeff)
         self.value_scale = float(value_scale)
         self.loss_critic_type = loss_critic_type
@@ -489,7 +502,7 @@ class AWRLoss(LossModule):
     def _validity_mask(self, tensordict: TensorDictBase) -> Tensor | None:
         """The batch-shaped AND of the validity masks the batch holds (see ``loss_mask_key``), or ``None``."""
         mask = None
-        for key in self._loss_mask_keys():
+        for key in loss_mask_keys(self):
             entry = tensordict.get(key, None)
             if entry is not None:
                 entry = entry.bool()
@@ -598,7 +611,9 @@ class AWRLoss(LossModule):
         )
         advantage = inputs.get(keys.advantage).detach()
         action = inputs.get(keys.action)
-        weights, clipped = awr_weights(advantage, self.beta, self.max_weight, self.normalize_advantage, mask)
+        weights, clipped = awr_weights(
+            advantage, self.beta, self.max_weight, self.normalize_advantage == "batch", mask
+        )
         dist = self.actor_network.get_dist(inputs)
         if isinstance(dist, torch.distributions.Categorical) and action.ndim > len(dist.batch_shape):
             action = action.squeeze(-1)  # integer actions stored as [B, 1]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import (
     AddStateIndependentNormalScale,
     InteractionType,
     ProbabilisticTensorDictSequential,
-    TensorDictModule,
     TensorDictSequential,
 )
 from torch import nn
@@ -26,33 +27,12 @@ from torchrl.data import Categorical, Composite, OneHot, TensorSpec
 from torchrl.envs import ObservationNorm
 from torchrl.modules import MLP, IndependentNormal, OneHotCategorical, ProbabilisticActor
 from torchrl.modules.distributions import TanhNormal
+from torchrl.trainers import Trainer, TrainerHookBase
+
+from torchrl_awr.buffers import valid_transitions
+from torchrl_awr.compat import DirectWriteModule
 
 NORM_KEY = "observation_norm"
-
-
-class DirectWriteModule(TensorDictModule):
-    """A :class:`~tensordict.nn.TensorDictModule` that writes plain tensor outputs straight into the tensordict.
-
-    tensordict 0.14's ``TensorDictModule`` passes every output through
-    ``TensorDict.from_any``, which calls ``importlib.util.find_spec("pandas")``
-    each time: about 90 µs per output on a 2-core CPU, i.e. ~20% of an AWR
-    actor step with its two outputs. Everything else behaves as the parent class.
-    """
-
-    def _write_to_tensordict(self, tensordict, tensors, tensordict_out=None, out_keys=None):
-        if (
-            tensordict_out is not None
-            or self.inplace is not True
-            or not all(isinstance(t, torch.Tensor) for t in tensors)
-        ):
-            return super()._write_to_tensordict(tensordict, tensors, tensordict_out, out_keys)
-        out_keys = self.out_keys_source if out_keys is None else out_keys
-        if len(out_keys) != len(tensors):
-            raise RuntimeError(f"{len(tensors)} outputs for out_keys {out_keys}.")
-        for key, tensor in zip(out_keys, tensors, strict=True):
-            if key != "_":
-                tensordict.set(key, tensor)
-        return tensordict
 
 
 class StateNorm(ObservationNorm):
@@ -84,6 +64,59 @@ def make_observation_norm(observation_size: int, observation_key: str = "observa
         out_keys=[NORM_KEY],
         standard_normal=True,
     )
+
+
+class UpdateObservationNorm(TrainerHookBase):
+    """Running mean/std of observations over the first ``max_samples`` samples, then frozen.
+
+    Writes the statistics into a shared :class:`~torchrl.envs.ObservationNorm`
+    (``loc``/``scale``) that sits inside the actor and critic, as the original
+    implementation does (std floored at ``min_std``). Stage: ``batch_process``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_awr import make_observation_norm
+        >>> norm = make_observation_norm(2)
+        >>> hook = UpdateObservationNorm(norm, max_samples=100)
+        >>> hook(TensorDict(observation=torch.tensor([[1.0, 0.0], [3.0, 0.0]]), batch_size=[2]))
+        >>> norm.loc, norm.scale
+        (tensor([2., 0.]), tensor([1.0000, 0.0100]))
+    """
+
+    def __init__(self, norm: ObservationNorm, max_samples: int, min_std: float = 1e-2) -> None:
+        self.norm = norm
+        self.max_samples = max_samples
+        self.min_std = min_std
+        self.key = norm.in_keys[0]
+        size = norm.loc.shape
+        self.count = 0
+        self.total = torch.zeros(size, dtype=torch.float64)
+        self.total_sq = torch.zeros(size, dtype=torch.float64)
+
+    def __call__(self, batch: TensorDictBase) -> None:
+        if self.count >= self.max_samples:
+            return
+        obs = valid_transitions(batch).get(self.key).reshape(-1, *self.norm.loc.shape).double().cpu()
+        self.count += obs.shape[0]
+        self.total += obs.sum(0)
+        self.total_sq += obs.pow(2).sum(0)
+        mean = self.total / self.count
+        std = (self.total_sq / self.count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(self.min_std)
+        self.norm.loc.copy_(mean.to(self.norm.loc))
+        self.norm.scale.copy_(std.to(self.norm.scale))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "total": self.total, "total_sq": self.total_sq}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.count = int(state_dict["count"])
+        self.total = state_dict["total"].clone()
+        self.total_sq = state_dict["total_sq"].clone()
+
+    def register(self, trainer: Trainer, name: str = "update_observation_norm") -> None:
+        trainer.register_op("batch_process", self)
+        trainer.register_module(name, self)
 
 
 def _size(spec_or_size: TensorSpec | int, key: str) -> int:

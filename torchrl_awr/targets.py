@@ -18,10 +18,12 @@ transitions into trajectory order:
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
+from torch import Tensor
 from torchrl.data import ReplayBuffer
 
+from torchrl_awr.compat import fifo_start
 from torchrl_awr.loss import AWRLoss, standardize
 
 TRAJ_KEY: NestedKey = ("collector", "traj_ids")
@@ -48,7 +50,7 @@ def chronological_indices(buffer: ReplayBuffer) -> torch.Tensor:
     if size < storage.max_size:
         return torch.arange(size)
     # The writer's cursor is the next slot to overwrite, i.e. the oldest entry once the storage is full.
-    start = getattr(buffer._writer, "_cursor", buffer.write_count % storage.max_size)
+    start = fifo_start(buffer)
     return (torch.arange(size) + start) % storage.max_size
 
 
@@ -79,14 +81,15 @@ def relabel(
     loss: AWRLoss,
     *,
     traj_key: NestedKey | None = TRAJ_KEY,
-    normalize_advantage: bool = False,
 ) -> dict[str, float]:
     """Recompute ``value_target`` and ``advantage`` for every transition in ``buffer``.
 
     Uses ``loss.value_estimator`` (TD(λ) with γ=0.99, λ=0.95 unless changed with
     :meth:`AWRLoss.make_value_estimator`) and ``loss.value_network``, and writes
     the results into the buffer's storage under the loss's ``value_target`` and
-    ``advantage`` keys (:meth:`AWRLoss.set_keys` renames them).
+    ``advantage`` keys (:meth:`AWRLoss.set_keys` renames them). With the loss's
+    ``normalize_advantage="buffer"`` (the original) the stored advantages are
+    standardised over the whole buffer, ``(A − mean) / (std + 1e-5)``.
 
     Args:
         buffer: a replay buffer over a flat (``ndim=1``) tensor storage holding
@@ -98,9 +101,6 @@ def relabel(
             ``("collector", "traj_ids")``). If the buffer lacks it, or ``None``
             is passed, storage order is taken as the time order of one stream
             (a single env, or an offline dataset stored path after path).
-        normalize_advantage: store advantages standardised over the whole
-            buffer, ``(A − mean) / (std + 1e-5)``, as the original does before
-            its actor phase (then build the loss with ``normalize_advantage=False``).
 
     Returns:
         Buffer-wide diagnostics of the raw advantages: ``advantage_mean``, ``advantage_std``,
@@ -153,7 +153,7 @@ def relabel(
     sequence = sequence.squeeze(0)
     value_target = sequence.get(keys.value_target)
     advantage = sequence.get(keys.advantage)
-    if normalize_advantage:
+    if loss.normalize_advantage == "buffer":
         sequence.set(keys.advantage, standardize(advantage))
     try:
         storage[positions] = sequence.select(keys.value_target, keys.advantage)  # in place: no cursor move
@@ -162,6 +162,11 @@ def relabel(
             f"relabel: cannot write {keys.value_target!r}/{keys.advantage!r} into the buffer's storage "
             f"({type(err).__name__}); store them (e.g. as zeros) with every transition when extending."
         ) from None
+    return _diagnostics(advantage, value_target)
+
+
+def _diagnostics(advantage: Tensor, value_target: Tensor) -> dict[str, float]:
+    """Buffer-wide statistics of raw advantages and their targets, with the critic's explained variance."""
     residual_var = advantage.var(unbiased=False)
     return {
         "advantage_mean": advantage.mean().item(),
@@ -169,3 +174,21 @@ def relabel(
         "value_target_mean": value_target.mean().item(),
         "explained_variance": (1 - residual_var / value_target.var(unbiased=False).clamp_min(1e-8)).item(),
     }
+
+
+@torch.no_grad()
+def refresh_advantages(buffer: ReplayBuffer, loss: AWRLoss) -> dict[str, float]:
+    """Recompute ``advantage = value_target − V(s)`` over the whole buffer against its stored targets.
+
+    For targets computed once (offline, ``relabel="once"``) and kept: only the critic changed. Standardised over
+    the buffer as :func:`relabel` does when the loss's ``normalize_advantage`` is ``"buffer"``; returns the same
+    diagnostics.
+    """
+    keys = loss.tensor_keys
+    n = len(buffer)
+    data = buffer.storage[:n].select(*loss.value_network.in_keys, keys.value_target)
+    value_target = data.get(keys.value_target)
+    advantage = value_target - loss.value_network(data).get(keys.value)
+    stored = standardize(advantage) if loss.normalize_advantage == "buffer" else advantage
+    buffer.storage[torch.arange(n)] = TensorDict({keys.advantage: stored}, batch_size=[n])
+    return _diagnostics(advantage, value_target)

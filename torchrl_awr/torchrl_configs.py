@@ -11,8 +11,8 @@ Where TorchRL's config system does not fit AWR, the bridge differs, and only the
   phases are separate regressions with their own learning rates and step counts;
 * no advantage module in the replay buffer's ``transform`` (TorchRL's on-policy configs put GAE there): AWR
   relabels the *whole* buffer with TD(λ) and the current critic before each phase
-  (:class:`~torchrl_awr.RelabelTargets`), which a per-sample transform cannot do. The buffer must be a plain
-  FIFO buffer;
+  (:func:`~torchrl_awr.relabel`, in :class:`~torchrl_awr.AWRUpdate`), which a per-sample transform cannot do.
+  The buffer must be a plain FIFO buffer;
 * the collector config must be partial (``collector._partial_=true``): the trainer gives it the loss's actor as
   policy, so collection and learning share one module.
 """
@@ -51,7 +51,7 @@ class AWRLossConfig(LossConfig):
     value_network: Any = None
     beta: float = 1.0
     max_weight: float = 20.0
-    normalize_advantage: bool = True
+    normalize_advantage: Any = True  # True / "batch", "buffer" (over the whole buffer), False / "none"
     action_bound_penalty: float = 0.0
     entropy_coeff: float = 0.0
     value_scale: float = 1.0
@@ -133,7 +133,6 @@ class AWRTrainerConfig(TrainerConfig):
     critic_steps: int = 200
     batch_size: int = 256
     normalizer_samples: int = 100_000
-    normalize_advantage_over_buffer: bool = False
     logger: Any = None
     progress_bar: bool = True
     seed: int | None = None
@@ -197,7 +196,7 @@ def make_awr_trainer(
         raise TypeError(f"trainer=awr: loss_module must be an AWRLoss (loss=awr), got {type(loss_module).__name__}.")
     if not isinstance(replay_buffer, ReplayBuffer):
         raise TypeError(f"trainer=awr: replay_buffer must be a TorchRL ReplayBuffer, got {replay_buffer!r}.")
-    if replay_buffer._transform is not None and len(replay_buffer._transform) > 0:
+    if replay_buffer.transform is not None and len(replay_buffer.transform) > 0:
         raise TypeError("trainer=awr: the replay buffer must have no transform; AWR relabels the whole buffer itself.")
     capacity = replay_buffer.storage.max_size
     if batch_size > capacity:

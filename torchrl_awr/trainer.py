@@ -1,4 +1,4 @@
-"""AWRTrainer: the AWR iteration as a readable list of TorchRL trainer hooks."""
+"""AWRTrainer: the AWR iteration, online or offline, as a short list of TorchRL trainer hooks."""
 
 from __future__ import annotations
 
@@ -12,25 +12,21 @@ from types import FrameType
 from typing import Any
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from torchrl.checkpoint import Checkpoint, CheckpointRotation, GlobalRNGState
 from torchrl.collectors import BaseCollector
 from torchrl.data import ReplayBuffer
 from torchrl.envs import ObservationNorm
+from torchrl.objectives import BCLoss
 from torchrl.record.loggers import Logger
 from torchrl.trainers import Trainer, UpdateWeights
 
-from torchrl_awr.hooks import (
-    ExtendBuffer,
-    FixedTargets,
-    LogEpisodeReturn,
-    RelabelTargets,
-    RunClock,
-    UpdateObservationNorm,
-)
-from torchrl_awr.integrity import SealedRotation, damage, remove_stale
+from torchrl_awr.buffers import ExtendBuffer
+from torchrl_awr.integrity import ResumeRefused, SealedRotation, damage, remove_stale
 from torchrl_awr.loss import AWRLoss
-from torchrl_awr.update import RegressionPhase
+from torchrl_awr.models import UpdateObservationNorm
+from torchrl_awr.monitoring import LogEpisodeReturn, RunClock
+from torchrl_awr.update import AWRUpdate, BCObjective, RegressionPhase
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,7 +47,7 @@ class ResumableTrainer(Trainer):
     state (networks, optimizers, hook states, counters and RNG) is saved
     through :mod:`torchrl.checkpoint` every ``checkpoint_interval`` iterations
     of ``frames_per_batch`` frames; :meth:`resume` restores the newest.
-    Its :class:`~torchrl_awr.hooks.RunClock` (``clock``) counts ``collected_frames`` in ``unit``;
+    Its :class:`~torchrl_awr.monitoring.RunClock` (``clock``) counts ``collected_frames`` in ``unit``;
     subclasses register it after their own hooks.
 
     Each checkpoint is sealed (:class:`torchrl_awr.integrity.SealedRotation`) once published and checked before it is
@@ -160,19 +156,59 @@ class ResumableTrainer(Trainer):
                   flush=True)
         try:
             self.load_from_file(latest)
+        except ResumeRefused:
+            raise
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
             reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {reason}") from None
-        self._last_save = self.collected_frames
         self.clock.start()
         return latest
 
 
+class GradientSteps:
+    """The collector of an offline run: one empty batch per round, as long as the round's actor steps.
+
+    :class:`~torchrl.trainers.Trainer` counts a batch's elements as frames, so
+    an offline run's frame count is its number of policy gradient steps; the
+    last round is cut to ``total_steps``. Its count is checkpointed with the
+    trainer (as a collector's state is).
+    """
+
+    init_random_frames = 0
+
+    def __init__(self, steps_per_round: int, total_steps: int) -> None:
+        self.frames_per_batch = steps_per_round
+        self.total_steps = total_steps
+        self.done = 0
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        while self.done < self.total_steps:
+            steps = min(self.frames_per_batch, self.total_steps - self.done)
+            self.done += steps
+            yield TensorDict(batch_size=[steps])
+
+    def set_seed(self, seed: int, static_seed: bool = False) -> int:
+        return seed
+
+    def shutdown(self) -> None:
+        return
+
+    def update_policy_weights_(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to refresh: an offline run does not act (evaluation copies its weights itself)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.done = int(state_dict["done"])
+
+
 class AWRTrainer(ResumableTrainer):
-    """Advantage-Weighted Regression on a :class:`~torchrl.trainers.Trainer`.
+    """Advantage-Weighted Regression on a :class:`~torchrl.trainers.Trainer`, online or offline.
 
     One AWR iteration (the paper's Algorithm 1) is this list of hooks, run in
-    registration order for each collected batch:
+    registration order for each batch; the update itself reads top to bottom in
+    :meth:`torchrl_awr.update.AWRUpdate.__call__`:
 
     ============================  ===================  ==========================================
     hook (module name)            stage                step
@@ -180,42 +216,48 @@ class AWRTrainer(ResumableTrainer):
     ``update_observation_norm``   ``batch_process``    state statistics from the first N samples
     ``replay_buffer``             ``batch_process``    extend the FIFO buffer
     ``log_episode_return``        ``pre_steps_log``    training return
-    ``relabel_critic``            ``pre_optim_steps``  TD(λ) targets over the buffer
-    ``critic_phase``              ``pre_optim_steps``  ``critic_steps`` regressions of V
-    ``relabel_actor``             ``pre_optim_steps``  targets and advantages with the new V
-    ``actor_phase``               ``pre_optim_steps``  ``actor_steps`` weighted regressions of π
+    ``awr_update``                ``pre_optim_steps``  relabel, fit V, relabel, fit π
     ``update_weights``            ``post_steps``       push the policy to the collector
     ``clock``                     ``post_steps_log``   frames, wall time, frames/s
     ============================  ===================  ==========================================
 
+    **Offline** (``collector=None``): the buffer is a fixed dataset
+    (:func:`~torchrl_awr.buffers.make_offline_buffer`, its normaliser fitted beforehand), the collector is a
+    :class:`GradientSteps` clock, and each round runs only ``awr_update``; ``total_frames`` and every count
+    (logger steps, checkpoint intervals, :class:`~torchrl_awr.Evaluate`'s rows) are policy gradient steps, as
+    in TorchRL's offline sota-implementations (``iql/iql_offline.py``). The dataset is not checkpointed:
+    re-read it to resume. ``bc_loss`` (TorchRL's :class:`~torchrl.objectives.BCLoss` on the same actor)
+    replaces the update by one unweighted phase: behaviour cloning.
+
     AWR's two phases have their own optimizers and step counts, so the
     trainer's generic per-step loop is off (see :class:`ResumableTrainer`,
-    which also gives atomic checkpoints, here with the replay buffer and the
+    which also gives atomic checkpoints, with the online buffer and the
     normaliser, and :meth:`resume`). Add an evaluation with
-    :class:`torchrl_awr.hooks.Evaluate`, replace any hook with :meth:`register_op`.
+    :class:`torchrl_awr.Evaluate`, replace any hook with :meth:`register_op`.
 
     Args:
-        collector: a TorchRL collector running ``loss_module.actor_network``.
+        collector: a TorchRL collector running ``loss_module.actor_network``; ``None`` trains offline.
         loss_module: the :class:`~torchrl_awr.AWRLoss`.
-        replay_buffer: FIFO buffer over a flat tensor storage.
+        replay_buffer: FIFO buffer over a flat tensor storage (offline: the dataset).
         actor_optimizer / critic_optimizer: one per phase.
-        total_frames: frames to collect.
+        total_frames: frames to collect (offline: policy gradient steps).
 
     Keyword Args:
-        actor_steps, critic_steps, batch_size: the phases' sizes (1000, 200, 256).
-        observation_norm: the shared in-network normaliser to fit, if any.
+        actor_steps, critic_steps, batch_size: the phases' sizes (1000, 200, 256); offline, the last round's
+            actor steps are cut to ``total_frames``.
+        relabel: ``"refresh"`` (TD(λ) returns recomputed before each phase) or ``"once"`` (offline: kept).
+        observation_norm: the shared in-network normaliser to fit online, if any.
         normalizer_samples: samples whose statistics it takes before freezing.
         frames_per_batch: frames per iteration, for checkpoint intervals (default: the collector's).
-        normalize_advantage_over_buffer: standardise advantages over the whole
-            buffer before the actor phase (the original); build the loss with
-            ``normalize_advantage=False`` then.
+        bc_loss: offline, train by behaviour cloning with this loss instead of AWR.
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_interval: iterations between checkpoints.
         keep_checkpoints: how many checkpoints to keep.
         logger: a :mod:`torchrl.record.loggers` logger.
         progress_bar: show a tqdm bar.
         seed: seed for torch, numpy and the collector.
-        compile: compile each phase's update step with :func:`torch.compile`.
+        device: where the phases' minibatches live (default: the parameters' device).
+        compile: each phase's update step as one :func:`torch.compile` graph.
         cudagraphs: capture each phase's update step as a CUDA graph (the loss on a CUDA device; with Adam,
             ``capturable=True``). The collector's policy may live elsewhere (a CPU copy):
             :class:`~torchrl.trainers.UpdateWeights` copies the learner's weights into it.
@@ -241,12 +283,26 @@ class AWRTrainer(ResumableTrainer):
         >>> trainer.train()
         >>> trainer.collected_frames
         512
+
+        Offline, on a random-policy dataset of two episodes:
+
+        >>> from torchrl_awr import make_offline_buffer
+        >>> data = env.rollout(400, break_when_any_done=False)
+        >>> data["collector", "traj_ids"] = torch.arange(400) // 200
+        >>> trainer = AWRTrainer(
+        ...     collector=None, loss_module=loss, replay_buffer=make_offline_buffer(data),
+        ...     actor_optimizer=torch.optim.Adam(actor.parameters(), 1e-3),
+        ...     critic_optimizer=torch.optim.Adam(loss.value_network.parameters(), 1e-3),
+        ...     total_frames=30, actor_steps=20, critic_steps=5, batch_size=64, progress_bar=False)
+        >>> trainer.train()
+        >>> trainer.collected_frames, trainer.clock.iteration
+        (30, 2)
     """
 
     def __init__(
         self,
         *,
-        collector: BaseCollector,
+        collector: BaseCollector | None,
         loss_module: AWRLoss,
         replay_buffer: ReplayBuffer,
         actor_optimizer: torch.optim.Optimizer,
@@ -255,115 +311,67 @@ class AWRTrainer(ResumableTrainer):
         actor_steps: int = 1000,
         critic_steps: int = 200,
         batch_size: int = 256,
+        relabel: str = "refresh",
         observation_norm: ObservationNorm | None = None,
         normalizer_samples: int = 300_000,
         frames_per_batch: int | None = None,
-        normalize_advantage_over_buffer: bool = False,
+        bc_loss: BCLoss | None = None,
         checkpoint_dir: str | pathlib.Path | None = None,
         checkpoint_interval: int = 10,
         keep_checkpoints: int = 2,
         logger: Logger | None = None,
         progress_bar: bool = True,
         seed: int | None = None,
+        device: torch.device | str | None = None,
         compile: bool = False,
         cudagraphs: bool = False,
     ) -> None:
+        online = collector is not None
+        if not online and actor_steps <= 0:
+            raise ValueError(f"actor_steps={actor_steps!r}; offline training needs actor steps > 0.")
+        if online and bc_loss is not None:
+            raise ValueError("bc_loss: behaviour cloning trains offline only (collector=None).")
         super().__init__(
-            collector=collector,
+            collector=collector if online else GradientSteps(actor_steps, total_frames),
             loss_module=loss_module,
             total_frames=total_frames,
-            frames_per_batch=frames_per_batch or collector.frames_per_batch,
+            frames_per_batch=(frames_per_batch or collector.frames_per_batch) if online else actor_steps,
             checkpoint_dir=checkpoint_dir,
             checkpoint_interval=checkpoint_interval,
             keep_checkpoints=keep_checkpoints,
             logger=logger,
             progress_bar=progress_bar,
             seed=seed,
+            unit="frames" if online else "gradient_steps",
         )
-        self.replay_buffer = replay_buffer
-        if observation_norm is not None:
-            UpdateObservationNorm(observation_norm, normalizer_samples).register(self)
+        self.buffer = replay_buffer  # what the update reads; online it is also TorchRL's (checkpointed) replay_buffer
         keys = loss_module.tensor_keys
-        ExtendBuffer(replay_buffer, target_keys=(keys.advantage, keys.value_target)).register(self)
-        LogEpisodeReturn().register(self)
-        register_awr_update(
-            self,
-            loss_module,
-            replay_buffer,
-            actor_optimizer,
-            critic_optimizer,
-            actor_steps=actor_steps,
-            critic_steps=critic_steps,
-            batch_size=batch_size,
-            normalize_advantage_over_buffer=normalize_advantage_over_buffer,
-            compile=compile,
-            cudagraphs=cudagraphs,
-        )
-        actor = loss_module.actor_network
-        UpdateWeights(collector, 1, policy_weights_getter=lambda: TensorDict.from_module(actor)).register(self)
+        if online:
+            self.replay_buffer = replay_buffer
+            if observation_norm is not None:
+                UpdateObservationNorm(observation_norm, normalizer_samples).register(self)
+            ExtendBuffer(replay_buffer, target_keys=(keys.advantage, keys.value_target)).register(self)
+            LogEpisodeReturn().register(self)
+        phase = {"device": device, "compile": compile, "cudagraphs": cudagraphs}
+        if bc_loss is None:
+            self.update = AWRUpdate(
+                loss_module, replay_buffer, actor_optimizer, critic_optimizer, actor_steps=actor_steps,
+                critic_steps=critic_steps, batch_size=batch_size, relabel=relabel, **phase,
+            )
+            self.actor_phase = self.update.actor_phase
+        else:
+            self.update = self.actor_phase = RegressionPhase(
+                "actor_phase", BCObjective(bc_loss), [*loss_module.actor_network.in_keys, keys.action],
+                replay_buffer, actor_optimizer, actor_steps, batch_size, **phase,
+            )
+        if not online:
+            self.register_op("batch_process", self._set_round_steps)
+        self.update.register(self)
+        if online:
+            actor = loss_module.actor_network
+            UpdateWeights(collector, 1, policy_weights_getter=lambda: TensorDict.from_module(actor)).register(self)
         self.clock.register(self)
 
-
-def register_awr_update(
-    trainer: Trainer,
-    loss_module: AWRLoss,
-    replay_buffer: ReplayBuffer,
-    actor_optimizer: torch.optim.Optimizer,
-    critic_optimizer: torch.optim.Optimizer,
-    *,
-    actor_steps: int,
-    critic_steps: int,
-    batch_size: int,
-    normalize_advantage_over_buffer: bool = False,
-    relabel: str = "refresh",
-    **phase_kwargs: Any,
-) -> RegressionPhase:
-    """Register AWR's update on ``trainer`` at ``pre_optim_steps``; returns the actor phase.
-
-    ``relabel="refresh"`` (the original; online and offline): ``relabel_critic``
-    → ``critic_phase`` → ``relabel_actor`` → ``actor_phase``, TD(λ) targets
-    recomputed over the whole buffer with the current critic before each phase.
-    ``relabel="once"`` (offline): :class:`~torchrl_awr.hooks.FixedTargets`
-    computes the targets at ``setup``, then ``critic_phase`` → ``fixed_targets``
-    (advantages against them) → ``actor_phase``. Each
-    :class:`~torchrl_awr.RegressionPhase` reads the keys its loss method needs;
-    ``phase_kwargs`` (``device``, ``compile``, ``cudagraphs``) go to both.
-
-    Raises:
-        ValueError: ``relabel`` is neither ``"refresh"`` nor ``"once"``.
-    """
-    if relabel not in ("refresh", "once"):
-        raise ValueError(f"relabel={relabel!r} is not allowed; choose refresh or once.")
-    keys = loss_module.tensor_keys
-    actor, value = loss_module.actor_network, loss_module.value_network
-    critic_phase = RegressionPhase(
-        "critic_phase",
-        loss_module.value_loss,
-        [*value.in_keys, keys.value_target],
-        replay_buffer,
-        critic_optimizer,
-        critic_steps,
-        batch_size,
-        **phase_kwargs,
-    )
-    actor_phase = RegressionPhase(
-        "actor_phase",
-        loss_module.actor_loss,
-        [*actor.in_keys, keys.action, keys.advantage],
-        replay_buffer,
-        actor_optimizer,
-        actor_steps,
-        batch_size,
-        **phase_kwargs,
-    )
-    if relabel == "refresh":
-        RelabelTargets(replay_buffer, loss_module).register(trainer, "relabel_critic")
-        critic_phase.register(trainer)
-        RelabelTargets(replay_buffer, loss_module, normalize_advantage=normalize_advantage_over_buffer).register(
-            trainer, "relabel_actor"
-        )
-    else:
-        critic_phase.register(trainer)
-        FixedTargets(replay_buffer, loss_module, normalize_advantage_over_buffer).register(trainer)
-    actor_phase.register(trainer)
-    return actor_phase
+    def _set_round_steps(self, batch: TensorDictBase) -> None:
+        """Offline: the round's actor steps are the clock's batch size (the last round may be cut)."""
+        self.actor_phase.steps = batch.numel()

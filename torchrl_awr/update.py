@@ -1,6 +1,7 @@
-"""AWR's two regression phases and their update step: eager, or one compiled graph per step.
+"""One AWR update (:class:`AWRUpdate`: relabel, fit V, relabel, fit π), its two regression phases and their
+update step: eager, or one compiled graph per step.
 
-A phase is ``steps`` minibatch updates of one loss method (:meth:`AWRLoss.value_loss` for the critic,
+A phase (:class:`RegressionPhase`) is ``steps`` minibatch updates of one loss method (:meth:`AWRLoss.value_loss` for the critic,
 :meth:`AWRLoss.actor_loss` for the actor) on a snapshot of the replay buffer. One update is a function of the
 minibatch indices:
 
@@ -24,14 +25,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase, TensorDictParams
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import CudaGraphModule
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 from torchrl.data import ReplayBuffer
+from torchrl.objectives import BCLoss
 from torchrl.trainers import Trainer, TrainerHookBase
 
-from torchrl_awr.targets import chronological_indices
+from torchrl_awr.loss import AWRLoss
+from torchrl_awr.targets import chronological_indices, refresh_advantages, relabel
 
 LossFn = Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]]
 
@@ -169,8 +172,29 @@ def loss_owner(loss_fn: LossFn) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
+class LoggedUpdate(TrainerHookBase):
+    """An update run at ``pre_optim_steps`` whose metrics (``self.metrics``) the trainer logs at ``post_steps_log``.
+
+    The trainer logs what a logging hook returns, at its frame count: the public path for a hook's scalars.
+    """
+
+    name: str
+    metrics: dict[str, float]
+
+    def log(self, batch: TensorDictBase | None = None) -> dict[str, float] | None:
+        """The metrics of the last update, once (``None`` when there was none since)."""
+        metrics, self.metrics = self.metrics, {}
+        return metrics or None
+
+    def register(self, trainer: Trainer, name: str | None = None) -> None:
+        """Run at ``pre_optim_steps``, logged at ``post_steps_log``, checkpointed as ``name`` (default: its name)."""
+        trainer.register_op("pre_optim_steps", self)
+        trainer.register_op("post_steps_log", self.log)
+        trainer.register_module(name or self.name, self)
+
+
 # ------------------------------------------------------------------ the phase
-class RegressionPhase(TrainerHookBase):
+class RegressionPhase(LoggedUpdate):
     """One of AWR's two supervised phases: ``steps`` minibatch updates of a loss method.
 
     ``loss_fn`` is :meth:`AWRLoss.value_loss` (critic phase) or
@@ -178,9 +202,10 @@ class RegressionPhase(TrainerHookBase):
     returning ``(loss, metadata)``. At the start of a phase the buffer's
     ``keys`` are copied once into a phase buffer of the replay buffer's
     capacity on ``device`` (checked for non-finite values there), and
-    minibatches are drawn from it by shuffled passes. The averaged loss and
-    metadata are logged under ``<name>/``; a non-finite average raises
-    :class:`FloatingPointError`. Stage: ``pre_optim_steps``.
+    minibatches are drawn from it by shuffled passes. A call returns the averaged loss and
+    metadata under ``<name>/``; a non-finite average raises
+    :class:`FloatingPointError`. Registered alone (behaviour cloning), it runs at ``pre_optim_steps`` and its
+    metrics are logged at ``post_steps_log``; :class:`AWRUpdate` runs two of them.
 
     One update is a function of the minibatch indices. With ``compile=True``
     it is a single :func:`torch.compile` graph (see the module docstring):
@@ -239,7 +264,7 @@ class RegressionPhase(TrainerHookBase):
             raise ValueError(f"{name}: cudagraphs=True needs a CUDA device, got device={str(self.device)!r}.")
         self._data: TensorDictBase | None = None
         self._totals: dict[str, Tensor] | None = None
-        self._trainer: Trainer | None = None
+        self.metrics: dict[str, float] = {}
         owner = loss_owner(loss_fn)
         self.compiled = compile and self._can_compile(owner)
         if self.compiled:
@@ -347,9 +372,10 @@ class RegressionPhase(TrainerHookBase):
         self._data[:n].update_(data)
         return n
 
-    def __call__(self) -> None:
+    def __call__(self) -> dict[str, float]:
+        """Run the phase; returns (and keeps for :meth:`log`) the averaged loss and metadata under ``<name>/``."""
         if self.steps == 0:
-            return
+            return {}
         n = self._load()
         if self._totals is not None:
             torch._foreach_zero_(list(self._totals.values()))
@@ -367,8 +393,8 @@ class RegressionPhase(TrainerHookBase):
         metrics = {f"{self.name}/{k}": v for k, v in zip(names, means, strict=True)}
         if not math.isfinite(metrics[f"{self.name}/loss"]):
             raise FloatingPointError(f"{self.name}: the loss became non-finite ({metrics[f'{self.name}/loss']}).")
-        if self._trainer is not None:
-            self._trainer._log(**metrics)
+        self.metrics = metrics
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -378,7 +404,128 @@ class RegressionPhase(TrainerHookBase):
         if self.compiled:  # load_state_dict replaces the state tensors and groups: the graph must read the new ones
             self._bind_optimizer_state()
 
-    def register(self, trainer: Trainer, name: str | None = None) -> None:
-        self._trainer = trainer
-        trainer.register_op("pre_optim_steps", self)
-        trainer.register_module(name or self.name, self)
+
+
+# ------------------------------------------------------------------ one AWR update
+RELABEL = ("refresh", "once")  # offline.relabel
+
+
+class AWRUpdate(LoggedUpdate):
+    """One AWR update over the whole replay buffer: the paper's Algorithm 1 after collection.
+
+    Read :meth:`__call__` top to bottom: TD(λ) returns with the current critic, the critic phase, advantages
+    with the new critic, the actor phase. ``relabel="refresh"`` (the original, online and offline) recomputes
+    the TD(λ) returns over the whole buffer before each phase; ``relabel="once"`` (offline) computes them once,
+    at the first update, keeps them (in its checkpointed state too), and only refreshes the advantages
+    ``A = R − V(s)``. Advantages are standardised where the loss's ``normalize_advantage`` says (``"buffer"``:
+    over the whole buffer, here). Stage: ``pre_optim_steps``; metrics logged at ``post_steps_log``.
+
+    Args:
+        loss_module: the :class:`~torchrl_awr.AWRLoss`.
+        replay_buffer: the buffer both phases read (flat storage of transitions, with target slots).
+        actor_optimizer / critic_optimizer: one per phase.
+
+    Keyword Args:
+        actor_steps, critic_steps, batch_size: the phases' sizes (1000, 200, 256).
+        relabel: ``"refresh"`` or ``"once"``.
+        device, compile, cudagraphs: for both :class:`RegressionPhase` (see there).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.collectors import Collector
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, make_env
+        >>> from torchrl_awr.buffers import with_target_slots
+        >>> env = make_env("Pendulum-v1", seed=0)
+        >>> loss = AWRLoss(make_awr_actor(3, env.action_spec), make_awr_value(3), normalize_advantage="buffer")
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000))
+        >>> batch = next(iter(Collector(env, loss.actor_network, frames_per_batch=200, total_frames=200)))
+        >>> _ = rb.extend(with_target_slots(batch))
+        >>> update = AWRUpdate(loss, rb, torch.optim.Adam(loss.actor_network.parameters()),
+        ...                    torch.optim.Adam(loss.value_network.parameters()), actor_steps=5, critic_steps=5,
+        ...                    batch_size=64)
+        >>> update()
+        >>> sorted(k for k in update.log() if k.endswith("/loss"))
+        ['actor_phase/loss', 'critic_phase/loss']
+    """
+
+    name = "awr_update"
+
+    def __init__(
+        self,
+        loss_module: AWRLoss,
+        replay_buffer: ReplayBuffer,
+        actor_optimizer: torch.optim.Optimizer,
+        critic_optimizer: torch.optim.Optimizer,
+        *,
+        actor_steps: int = 1000,
+        critic_steps: int = 200,
+        batch_size: int = 256,
+        relabel: str = "refresh",
+        device: torch.device | str | None = None,
+        compile: bool = False,
+        cudagraphs: bool = False,
+    ) -> None:
+        if relabel not in RELABEL:
+            raise ValueError(f"relabel={relabel!r} is not allowed; choose one of {', '.join(RELABEL)}.")
+        self.loss_module = loss_module
+        self.replay_buffer = replay_buffer
+        self.relabel = relabel
+        self.fixed_targets: Tensor | None = None  # relabel="once": the returns kept from the first update
+        keys = loss_module.tensor_keys
+        phase = {"replay_buffer": replay_buffer, "batch_size": batch_size, "device": device, "compile": compile,
+                 "cudagraphs": cudagraphs}
+        self.critic_phase = RegressionPhase(
+            "critic_phase", loss_module.value_loss, [*loss_module.value_network.in_keys, keys.value_target],
+            optimizer=critic_optimizer, steps=critic_steps, **phase,
+        )
+        self.actor_phase = RegressionPhase(
+            "actor_phase", loss_module.actor_loss, [*loss_module.actor_network.in_keys, keys.action, keys.advantage],
+            optimizer=actor_optimizer, steps=actor_steps, **phase,
+        )
+        self.metrics: dict[str, float] = {}
+
+    def __call__(self) -> None:
+        buffer, loss = self.replay_buffer, self.loss_module
+        if self.relabel == "refresh" or self.fixed_targets is None:
+            relabel(buffer, loss)  # R: TD(λ) returns over the whole buffer with the current V
+            self._keep_targets()
+        critic = self.critic_phase()  # V ← argmin E ‖R − V(s)‖²
+        if self.relabel == "refresh":
+            targets = relabel(buffer, loss)  # R and A = R − V(s) with the new V
+        else:
+            targets = refresh_advantages(buffer, loss)  # A = R − V(s) with the new V, against the kept R
+        actor = self.actor_phase()  # π ← argmax E[log π(a|s) · min(exp(A/β), max_weight)]
+        self.metrics = {**critic, **{f"relabel/{k}": v for k, v in targets.items()}, **actor}
+
+    def _keep_targets(self) -> None:
+        if self.relabel == "once":
+            n = len(self.replay_buffer)
+            self.fixed_targets = self.replay_buffer.storage[:n].get(self.loss_module.tensor_keys.value_target).clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"critic_phase": self.critic_phase.state_dict(), "actor_phase": self.actor_phase.state_dict()}
+        if self.fixed_targets is not None:
+            state["value_target"] = self.fixed_targets.cpu()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.critic_phase.load_state_dict(state_dict["critic_phase"])
+        self.actor_phase.load_state_dict(state_dict["actor_phase"])
+        targets = state_dict.get("value_target")
+        if targets is not None:
+            n = targets.shape[0]
+            self.fixed_targets = targets.to(self.replay_buffer.storage[:n].device)
+            key = self.loss_module.tensor_keys.value_target
+            self.replay_buffer.storage[torch.arange(n)] = TensorDict({key: self.fixed_targets}, batch_size=[n])
+
+
+class BCObjective(nn.Module):
+    """TorchRL's :class:`~torchrl.objectives.BCLoss` as a phase's ``(loss, metadata)`` function."""
+
+    def __init__(self, bc_loss: BCLoss) -> None:
+        super().__init__()
+        self.bc_loss = bc_loss
+
+    def forward(self, batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.bc_loss(batch).get("loss_bc"), {}

@@ -1,4 +1,4 @@
-"""Offline datasets for AWR: three sources, one TensorDict layout, one replay buffer.
+"""Datasets for AWR: three sources, one TensorDict layout (the buffer that holds one: :mod:`torchrl_awr.buffers`).
 
 AWR learns from a fixed pile of past experience (the paper's static-dataset
 setting). Each source is read with TorchRL's / tensordict's own data classes
@@ -32,19 +32,22 @@ no transitions, data that does not fit the env) is a :class:`DatasetError`, a
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr
+from contextlib import redirect_stderr
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage, OneHot, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 
+from torchrl_awr.compat import memmap_like_keeps_content
+from torchrl_awr.integrity import ResumeRefused
 from torchrl_awr.targets import TRAJ_KEY, chronological_indices
 
 SOURCES = ("buffer", "minari", "hdf5")
@@ -119,37 +122,6 @@ def load_buffer_dataset(path: str | Path) -> TensorDict:
     return buffer.storage.get(chronological_indices(buffer)).to_tensordict()
 
 
-@contextmanager
-def _minari_datasets_path(root: Path) -> Iterator[None]:
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-
-
-@contextmanager
-def _memmap_like_keeps_content() -> Iterator[None]:
-    """Work around torchrl 0.14.1: ``MinariExperienceReplay`` fills its TensorDict, then stores it with
-    ``memmap_like``, which makes a *contentless* (all-zero) copy, so every value it returns is 0. Within this
-    context ``memmap_like`` writes the content too (``memmap``); a check after loading catches a regression.
-    """
-    original = TensorDict.memmap_like
-
-    def memmap_with_content(self: TensorDict, prefix: str | None = None, *args: object, **kwargs: object):
-        return self.memmap(prefix)
-
-    TensorDict.memmap_like = memmap_with_content
-    try:
-        yield
-    finally:
-        TensorDict.memmap_like = original
-
-
 def load_minari_dataset(root: str | Path, dataset_id: str) -> TensorDict:
     """A Minari dataset from a local Minari root (``<root>/<dataset_id>/data/main_data.hdf5``), never downloaded.
 
@@ -170,7 +142,11 @@ def load_minari_dataset(root: str | Path, dataset_id: str) -> TensorDict:
         found = sorted(str(p.parent.parent.relative_to(root)) for p in root.rglob("data/main_data.hdf5"))
         hint = f"found: {', '.join(found)}" if found else "it holds no Minari dataset"
         raise DatasetError(f"dataset.name={dataset_id!r}: no {main.relative_to(root)} under {str(root)!r}; {hint}.")
-    with tempfile.TemporaryDirectory() as cache, _minari_datasets_path(root), _memmap_like_keeps_content():
+    with (
+        tempfile.TemporaryDirectory() as cache,
+        patch.dict(os.environ, {"MINARI_DATASETS_PATH": str(root)}),
+        memmap_like_keeps_content(),
+    ):
         try:
             with redirect_stderr(io.StringIO()):  # its tqdm bar: errors must stay one line
                 replay = MinariExperienceReplay(
@@ -308,7 +284,7 @@ def to_transitions(data: TensorDictBase, source: str = "dataset") -> TensorDict:
         >>> to_transitions(td, "my data")
         Traceback (most recent call last):
         ...
-        torchrl_awr.offline.DatasetError: my data lacks ('next', 'reward').
+        torchrl_awr.datasets.DatasetError: my data lacks ('next', 'reward').
     """
     if data.batch_dims != 1 or data.shape[0] == 0:
         raise DatasetError(f"{source} holds no transitions (batch shape {tuple(data.shape)}).")
@@ -409,21 +385,28 @@ PATH_HELP = {
 }
 
 
-def make_offline_buffer(data: TensorDictBase, device: torch.device | str = "cpu") -> TensorDictReplayBuffer:
-    """A replay buffer holding exactly ``data``, with zeroed ``value_target``/``advantage`` slots for relabelling.
+class DatasetIdentity:
+    """Which dataset a run trains on, checkpointed in place of the data: a resume with another one is refused.
 
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> rb = make_offline_buffer(TensorDict(observation=torch.zeros(5, 3), batch_size=[5]))
-        >>> len(rb), rb.storage[:5]["value_target"].shape
-        (5, torch.Size([5, 1]))
+    The state is the number of transitions and a BLAKE2 digest of the observations, actions and rewards
+    (a second for a D4RL-sized dataset); :meth:`load_state_dict` raises
+    :class:`~torchrl_awr.integrity.ResumeRefused` when the dataset given now differs.
     """
-    data = data.to_tensordict()
-    n = data.shape[0]
-    for key in ("value_target", "advantage"):
-        if key not in data.keys():
-            data.set(key, torch.zeros(n, 1, device=data.device))
-    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(n, device=device))
-    buffer.extend(data.to(device))
-    return buffer
+
+    def __init__(self, data: TensorDictBase, label: str) -> None:
+        self.label = label
+        self.transitions = data.shape[0]
+        digest = hashlib.blake2b(digest_size=16)
+        for key in ("observation", "action", ("next", "reward")):
+            digest.update(data.get(key).detach().cpu().contiguous().numpy().tobytes())
+        self.digest = digest.hexdigest()
+
+    def state_dict(self) -> dict[str, object]:
+        return {"transitions": self.transitions, "digest": self.digest}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        if (state_dict["transitions"], state_dict["digest"]) != (self.transitions, self.digest):
+            raise ResumeRefused(
+                f"{self.label} ({self.transitions} transitions) is not the dataset this run started from "
+                f"({state_dict['transitions']} transitions, another digest); resume with the run's own dataset.path."
+            )

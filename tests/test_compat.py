@@ -1,0 +1,64 @@
+"""torchrl_awr.compat: each private-API helper still works, and its reason still holds (when one of these fails
+after a torchrl / tensordict upgrade, the helper can go: use the public API the failure points to)."""
+
+import importlib.util
+import inspect
+from unittest.mock import patch
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.datasets import MinariExperienceReplay
+from torchrl.objectives import A2CLoss
+from torchrl.trainers import Trainer
+
+from torchrl_awr import make_awr_actor, make_awr_value, make_env
+from torchrl_awr.compat import DirectWriteModule, fifo_start, loss_mask_keys, memmap_like_keeps_content
+from torchrl_awr.loss import AWRLoss
+
+
+def test_fifo_start_is_the_oldest_slot_and_no_public_cursor_exists():
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(4))
+    rb.extend(TensorDict(x=torch.arange(6.0), batch_size=[6]))  # slots hold 4, 5, 2, 3: the oldest is slot 2
+    assert fifo_start(rb) == 2
+    assert not any(hasattr(rb, name) for name in ("cursor", "write_cursor")), "a public cursor: use it"
+
+
+def test_loss_mask_keys_match_torchrl_losses():
+    env = make_env("Pendulum-v1", seed=0)
+    actor, value = make_awr_actor(3, env.action_spec), make_awr_value(3)
+    assert loss_mask_keys(AWRLoss(actor, value)) == loss_mask_keys(A2CLoss(actor, value))
+    assert not hasattr(A2CLoss, "loss_mask_keys"), "torchrl has a public loss_mask_keys: use it"
+
+
+def test_trainer_progress_bar_starts_at_zero():
+    assert "tqdm(total=self.total_frames)" in inspect.getsource(Trainer.train), (
+        "Trainer.train builds its bar differently now: check whether advance_progress_bar is still needed"
+    )
+
+
+def test_direct_write_skips_the_per_output_package_lookup():
+    def make(cls):
+        return cls(torch.nn.Linear(2, 2), in_keys=["x"], out_keys=["y"])
+
+    td = TensorDict(x=torch.ones(3, 2), batch_size=[3])
+    calls = {}
+    for cls in (TensorDictModule, DirectWriteModule):
+        with patch("importlib.util.find_spec", wraps=importlib.util.find_spec) as find_spec:
+            out = make(cls)(td.clone())
+        calls[cls.__name__] = find_spec.call_count
+        assert out["y"].shape == (3, 2)
+    assert calls["DirectWriteModule"] == 0
+    assert calls["TensorDictModule"] > 0, "TensorDictModule no longer looks packages up per output: drop the subclass"
+
+
+def test_minari_replay_still_stores_with_memmap_like():
+    assert "memmap_like" in inspect.getsource(MinariExperienceReplay), (
+        "MinariExperienceReplay no longer calls memmap_like: drop memmap_like_keeps_content"
+    )
+    td = TensorDict(x=torch.ones(3), batch_size=[3])
+    assert td.memmap_like().get("x").sum() == 0  # contentless, as documented
+    with memmap_like_keeps_content():
+        assert td.memmap_like().get("x").sum() == 3
+    assert td.memmap_like().get("x").sum() == 0  # restored

@@ -1,0 +1,88 @@
+"""Every place torchrl-awr reaches into a private TorchRL / tensordict API, in one module.
+
+Each helper names the versions it was written against (torchrl 0.14.1, tensordict 0.14.3) and why no public API
+does the job; ``tests/test_compat.py`` fails when a helper's reason no longer holds (the private name is gone,
+or the upstream problem is fixed), so that it can be deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey
+from torch import Tensor
+from torchrl.data import ReplayBuffer
+from torchrl.objectives import LossModule
+from torchrl.trainers import Trainer
+
+
+def fifo_start(buffer: ReplayBuffer) -> int:
+    """The storage slot of the oldest entry of a full FIFO buffer: the writer's next slot to overwrite.
+
+    torchrl 0.14.1 exposes no cursor; ``write_count % max_size`` is the same for a
+    :class:`~torchrl.data.RoundRobinWriter` that was never reset, the fallback when the private one is absent.
+    """
+    return getattr(buffer._writer, "_cursor", buffer.write_count % buffer.storage.max_size)
+
+
+def loss_mask_keys(loss: LossModule) -> tuple[NestedKey, ...]:
+    """The validity-mask entries a TorchRL loss reduces over (``loss_mask_key``, ``"auto"`` expanded).
+
+    torchrl 0.14.1 keeps the expansion of ``"auto"`` in the protected ``LossModule._loss_mask_keys``; a loss
+    of our own that reduces by hand must look at the same entries.
+    """
+    return loss._loss_mask_keys()
+
+
+def advance_progress_bar(trainer: Trainer, frames: int) -> None:
+    """Move a resumed trainer's tqdm bar to the frames it already has (torchrl 0.14.1 starts it at 0).
+
+    The bar (``Trainer._pbar``) exists only inside :meth:`~torchrl.trainers.Trainer.train`: call this from a
+    ``setup`` hook.
+    """
+    if trainer.progress_bar:
+        trainer._pbar.update(frames)
+
+
+class DirectWriteModule(TensorDictModule):
+    """A :class:`~tensordict.nn.TensorDictModule` that writes plain tensor outputs straight into the tensordict.
+
+    tensordict 0.14.3's ``TensorDictModule._write_to_tensordict`` passes each output through
+    ``TensorDict.from_any``, which calls ``importlib.util.find_spec("pandas")`` every time: about 90 µs per output
+    on a 2-core CPU, ~20% of an AWR actor step with its two outputs. Everything else behaves as the parent class.
+    """
+
+    def _write_to_tensordict(self, tensordict, tensors, tensordict_out=None, out_keys=None):
+        if tensordict_out is not None or self.inplace is not True or not all(isinstance(t, Tensor) for t in tensors):
+            return super()._write_to_tensordict(tensordict, tensors, tensordict_out, out_keys)
+        out_keys = self.out_keys_source if out_keys is None else out_keys
+        if len(out_keys) != len(tensors):
+            raise RuntimeError(f"{len(tensors)} outputs for out_keys {out_keys}.")
+        for key, tensor in zip(out_keys, tensors, strict=True):
+            if key != "_":
+                tensordict.set(key, tensor)
+        return tensordict
+
+
+@contextmanager
+def memmap_like_keeps_content() -> Iterator[None]:
+    """Work around torchrl 0.14.1: ``MinariExperienceReplay`` fills its TensorDict, then stores it with
+    ``TensorDict.memmap_like``, which makes a *contentless* (all-zero) copy, so every value it returns is 0.
+
+    Within this context ``memmap_like`` writes the content too (``memmap``); the loader checks for all-zero data
+    after loading, which catches a regression.
+    """
+    original = TensorDict.memmap_like
+
+    def memmap_with_content(self: TensorDict, prefix: str | None = None, *args: object, **kwargs: object):
+        return self.memmap(prefix)
+
+    TensorDict.memmap_like = memmap_with_content
+    try:
+        yield
+    finally:
+        TensorDict.memmap_like = original
+
