@@ -23,11 +23,19 @@ def run_script(script: Path, *args: str, timeout: float = 300) -> subprocess.Com
 
 
 def sigkill_after_checkpoints(
-    script: Path, *args: str, out: Path, checkpoints: int = 2, timeout: float = 240, **popen_kwargs: Any
+    script: Path,
+    *args: str,
+    out: Path,
+    checkpoints: int = 2,
+    timeout: float = 240,
+    watch: str = "checkpoints",
+    **popen_kwargs: Any,
 ) -> None:
-    """Start ``script`` writing to ``out``; SIGKILL it as soon as ``out/checkpoints`` holds ``checkpoints``."""
+    """Start ``script`` writing to ``out`` (or resuming the run there, given ``resume=``); SIGKILL it as soon as
+    ``out/<watch>`` holds ``checkpoints``."""
+    resuming = any(arg.startswith("resume=") for arg in args)
     proc = subprocess.Popen(
-        [sys.executable, str(script), *args, f"output_dir={out}"],
+        [sys.executable, str(script), *args, *([] if resuming else [f"output_dir={out}"])],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
@@ -35,7 +43,7 @@ def sigkill_after_checkpoints(
         **popen_kwargs,
     )
     deadline = time.time() + timeout
-    while time.time() < deadline and len(list((out / "checkpoints").glob("checkpoint-*"))) < checkpoints:
+    while time.time() < deadline and len(list((out / watch).glob("checkpoint-*"))) < checkpoints:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -18,6 +18,8 @@ from tensordict.utils import NestedKey
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 from torchrl.trainers import Trainer, TrainerHookBase, mask_batch
 
+from torchrl_awr.targets import chronological_indices
+
 TARGET_KEYS: tuple[NestedKey, ...] = ("advantage", "value_target")  # AWRLoss's default tensor keys
 
 
@@ -88,3 +90,77 @@ def make_offline_buffer(
     buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(data.shape[0], device=device))
     buffer.extend(with_target_slots(data.to_tensordict(), target_keys).to(device))
     return buffer
+
+
+MIXES = ("keep", "anneal", "evict")  # dataset.mix
+
+
+class MixedBuffer(TrainerHookBase):
+    """What the update reads in a run that starts from a dataset: a share of the dataset plus the online FIFO buffer.
+
+    Before each update (stage ``pre_optim_steps``, registered ahead of it) the buffer :attr:`buffer` is refilled with
+    the dataset's share — its newest ``k`` transitions — followed by the online buffer's content, oldest first:
+
+    * ``mix="keep"``: all of the dataset, always (``k = n``);
+    * ``"anneal"``: ``k = n · max(0, 1 − frames / anneal_frames)``, to none after ``anneal_frames`` online frames;
+    * ``"evict"``: new data evicts the dataset as it would in one FIFO of ``online_capacity``:
+      ``k = min(n, online_capacity − len(online))``.
+
+    The share is a function of the online frames and buffer, so nothing here is checkpointed (the dataset is
+    re-read on resume; the online buffer is checkpointed on its own). The dataset's trajectory ids must differ from
+    the collector's (the builder makes them negative), so TD(λ) never joins a dataset path with an online one.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> dataset = TensorDict(x=torch.zeros(6), batch_size=[6])
+        >>> online = TensorDictReplayBuffer(storage=LazyTensorStorage(4))
+        >>> _ = online.extend(TensorDict(x=torch.ones(3), batch_size=[3]))
+        >>> mixed = MixedBuffer(dataset, online, mix="evict")
+        >>> mixed()
+        >>> mixed.buffer.storage[: len(mixed.buffer)]["x"]
+        tensor([0., 1., 1., 1.])
+    """
+
+    def __init__(
+        self, dataset: TensorDictBase, online: ReplayBuffer, mix: str = "keep", anneal_frames: int = 500_000
+    ) -> None:
+        if mix not in MIXES:
+            raise ValueError(f"dataset.mix={mix!r} is not allowed; choose one of {', '.join(MIXES)}.")
+        self.dataset = dataset
+        self.online = online
+        self.mix = mix
+        self.anneal_frames = anneal_frames
+        capacity = dataset.shape[0] + online.storage.max_size
+        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity, device=online.storage.device))
+        self._trainer: Trainer | None = None
+
+    def share(self) -> int:
+        """How many dataset transitions the next update reads."""
+        n = self.dataset.shape[0]
+        if self.mix == "keep":
+            return n
+        if self.mix == "anneal":
+            frames = self._trainer.collected_frames if self._trainer is not None else 0
+            return round(n * max(0.0, 1.0 - frames / self.anneal_frames))
+        return max(0, min(n, self.online.storage.max_size - len(self.online)))
+
+    def __call__(self) -> None:
+        k = self.share()
+        parts = [self.dataset[self.dataset.shape[0] - k :]] if k else []
+        if len(self.online):
+            keys = list(self.dataset.keys(True, True))
+            parts.append(self.online.storage.get(chronological_indices(self.online)).select(*keys))
+        self.buffer.empty()
+        self.buffer.extend(torch.cat(parts))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return
+
+    def register(self, trainer: Trainer, name: str = "mixed_buffer") -> None:
+        self._trainer = trainer
+        trainer.register_op("pre_optim_steps", self)

@@ -81,6 +81,29 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
     return loss
 
 
+def load_init_policy(loss: AWRLoss, path: str | Path, env_name: str) -> None:
+    """Start ``loss``'s actor (and its state normaliser) from a run's ``policy.pt`` and, when the ``value.pt`` the
+    runs write beside it exists, its critic.
+
+    Raises:
+        ValueError: one line when the file is missing, unreadable or holds networks of another shape.
+    """
+    path = Path(path)
+    name = f"init_policy={str(path)!r}"
+    if not path.is_file():
+        raise ValueError(f"{name} does not exist; pass the policy.pt of a train_mujoco.py or train_offline.py run.")
+    value = path.with_name("value.pt")
+    try:
+        loss.actor_network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if value.is_file():
+            loss.value_network.load_state_dict(torch.load(value, map_location="cpu", weights_only=True))
+    except Exception as err:  # noqa: BLE001 - any file that does not load gets the same one-line error
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{name} does not fit env.name={env_name} with these model.* settings ({reason[:160]})."
+        ) from None
+
+
 def make_bc_loss(loss: AWRLoss) -> BCLoss:
     """TorchRL's :class:`~torchrl.objectives.BCLoss` on the AWR actor: the behaviour-cloning baseline."""
     with warnings.catch_warnings():  # torchrl 0.14.1's BCLoss warns about its own target_actor_network_params
@@ -116,11 +139,17 @@ def make_eval_env(cfg: DictConfig) -> EnvBase:
 
 
 def make_evaluate(
-    cfg: DictConfig, env: EnvBase, policy: torch.nn.Module, actor: torch.nn.Module, trainer: Trainer, output_dir: Path
+    cfg: DictConfig,
+    env: EnvBase,
+    policy: torch.nn.Module,
+    actor: torch.nn.Module,
+    trainer: Trainer,
+    output_dir: Path,
+    at_start: bool = False,
 ) -> Evaluate:
-    """Deterministic evaluation of ``policy`` on ``env`` every ``cfg.eval.interval`` iterations, into
-    ``<output_dir>/eval.csv``, registered on ``trainer``. A ``policy`` that is a copy of the learner's ``actor``
-    (see :func:`acting_policy`) takes its weights before each evaluation."""
+    """Deterministic evaluation of ``policy`` on ``env`` every ``cfg.eval.interval`` iterations (and, with
+    ``at_start``, before the first), into ``<output_dir>/eval.csv``, registered on ``trainer``. A ``policy`` that is
+    a copy of the learner's ``actor`` (see :func:`acting_policy`) takes its weights before each evaluation."""
     evaluator = Evaluate(
         env,
         policy,
@@ -129,6 +158,7 @@ def make_evaluate(
         max_steps=max_episode_steps(cfg.env.name),
         csv_path=output_dir / "eval.csv",
         source=actor if policy is not actor else None,
+        at_start=at_start,
     )
     evaluator.register(trainer)
     return evaluator

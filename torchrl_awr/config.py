@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from torchrl_awr.buffers import MIXES
 from torchrl_awr.collectors import BACKENDS
 from torchrl_awr.datasets import SOURCES
 from torchrl_awr.update import RELABEL
@@ -101,16 +102,24 @@ class CheckpointConfig:
 
 @dataclass
 class DatasetConfig:
-    """Offline data for ``scripts/train_offline.py`` (``torchrl_awr.datasets``)."""
+    """A dataset to learn from: offline (``scripts/train_offline.py``) or, online, to start from
+    (``scripts/train_mujoco.py``: ``offline.steps`` of offline pre-training, then online learning over the dataset
+    and new experience, mixed by ``mix``). Read by ``torchrl_awr.datasets``."""
 
     source: str = "buffer"  # buffer (a buffer.save dir) | minari (a local Minari root) | hdf5 (a D4RL-style file)
     path: str = ""  # the run's output dir or its replay_buffer/; the Minari datasets root; the .hdf5 file
     name: str = ""  # source=minari: the dataset id under path (e.g. pendulum/mixed-v0)
+    # online: keep (the dataset beside a FIFO of new data) | anneal (its share to 0 over anneal_frames) | evict
+    # (new data evicts it, as in one FIFO buffer of buffer.size)
+    mix: str = "keep"
+    anneal_frames: int = 500_000
 
 
 @dataclass
 class OfflineConfig:
-    steps: int = 100_000  # policy gradient steps (each round: critic_steps critic + actor_steps actor steps)
+    # policy gradient steps (each round: critic_steps critic + actor_steps actor steps); train_mujoco.py with a
+    # dataset: pre-training steps before collection starts (0: put the data in the buffer and go online at once)
+    steps: int = 100_000
     algo: str = "awr"  # awr | bc (behaviour cloning with TorchRL's BCLoss, the baseline AWR must beat)
     relabel: str = "refresh"  # refresh (TD(lambda) targets recomputed before each phase, as online) | once
 
@@ -135,6 +144,7 @@ class AWRConfig:
     device: str = "cpu"
     output_dir: str = ""  # default: outputs/<env>/<timestamp>-s<seed>
     resume: str = ""  # an output dir of a killed run to continue
+    init_policy: str = ""  # a run's policy.pt (value.pt beside it, if any, for the critic) to start from
     overwrite: bool = False  # a new run may use an output_dir that holds a run: it is emptied first
 
 
@@ -174,6 +184,7 @@ CHOICES = {
     "dataset.source": SOURCES,
     "offline.algo": ("awr", "bc"),
     "offline.relabel": RELABEL,
+    "dataset.mix": MIXES,
     "collector.backend": BACKENDS,
 }
 POSITIVE = (
@@ -192,7 +203,7 @@ POSITIVE = (
     "eval.episodes",
     "checkpoint.interval",
     "checkpoint.keep_last",
-    "offline.steps",
+    "dataset.anneal_frames",
     "threads",
 )
 
@@ -305,7 +316,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not value > 0:
             raise ValueError(f"{key}={value!r} is invalid; it must be > 0.")
-    for key in ("optim.actor_steps", "optim.critic_steps", "model.normalizer_samples", "loss.entropy_coeff"):
+    for key in ("optim.actor_steps", "optim.critic_steps", "model.normalizer_samples", "loss.entropy_coeff",
+                "offline.steps"):
         if OmegaConf.select(cfg, key) < 0:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
     if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):

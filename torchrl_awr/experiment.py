@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchrl.envs import ObservationNorm
+from tensordict import TensorDict
+from torchrl.envs import EnvBase, ObservationNorm
 
 from torchrl_awr.buffers import make_offline_buffer, make_replay_buffer
 from torchrl_awr.builders import (
     acting_policy,
     learner_device,
+    load_init_policy,
     make_bc_loss,
     make_collector,
     make_eval_env,
@@ -43,6 +45,7 @@ from torchrl_awr.datasets import PATH_HELP, DatasetError, DatasetIdentity, fit_t
 from torchrl_awr.envs import check_env_id, make_env
 from torchrl_awr.models import UpdateObservationNorm
 from torchrl_awr.monitoring import Evaluate
+from torchrl_awr.targets import TRAJ_KEY
 from torchrl_awr.trainer import AWRTrainer
 
 
@@ -56,6 +59,8 @@ def default_output_dir(cfg: DictConfig, root: Path = Path("outputs")) -> Path:
 
 # What may change when a run is continued: how long it runs, where its dataset lies (checked by digest), how it is
 # logged and evaluated, threads.
+PRETRAIN_DIR = "pretrain"  # an online run's offline pre-training stage, inside its output dir
+
 RESUME_OVERRIDES = ("collector.total_frames", "offline.steps", "dataset.path", "logger.", "eval.", "threads")
 
 
@@ -76,6 +81,8 @@ def resolve_run(overrides: list[str], *, offline: bool = False) -> tuple[DictCon
             f"dataset.path is required: with dataset.source={cfg.dataset.source}, pass "
             f"dataset.path=<{PATH_HELP[cfg.dataset.source]}>."
         )
+    if offline and cfg.offline.steps == 0:
+        raise ValueError("offline.steps=0 is invalid for train_offline.py; it must be > 0.")
     if cfg.resume:
         run_dir = Path(cfg.resume)
         saved = run_dir / "config.yaml"
@@ -85,7 +92,7 @@ def resolve_run(overrides: list[str], *, offline: bool = False) -> tuple[DictCon
             base = OmegaConf.load(saved)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
             raise ValueError(f"resume={cfg.resume!r}: config.yaml is unreadable ({type(err).__name__}).") from None
-        if not list((run_dir / "checkpoints").glob("checkpoint-*")):
+        if not list((run_dir / "checkpoints").glob("checkpoint-*")) and not (run_dir / PRETRAIN_DIR).is_dir():
             raise ValueError(
                 f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from."
             )
@@ -178,6 +185,21 @@ def check_batches(cfg: DictConfig) -> None:
         )
 
 
+def load_dataset_for(cfg: DictConfig, env: EnvBase) -> tuple[TensorDict, str]:
+    """``cfg.dataset``'s transitions, checked against ``env`` and ``optim.batch_size``, with a label naming them.
+
+    Raises:
+        DatasetError: the dataset is missing, malformed, too small or does not fit the env.
+    """
+    label = f"dataset {cfg.dataset.path!r}"
+    data = fit_to_env(load_dataset(cfg.dataset.source, cfg.dataset.path, cfg.dataset.name), env, label)
+    if data.shape[0] < cfg.optim.batch_size:
+        raise DatasetError(
+            f"the dataset holds {data.shape[0]} transitions, fewer than optim.batch_size={cfg.optim.batch_size}."
+        )
+    return data, label
+
+
 def build_trainer(
     cfg: DictConfig,
     output_dir: Path,
@@ -185,39 +207,40 @@ def build_trainer(
     tags: list[str] | None = None,
     *,
     offline: bool = False,
+    init_policy: str = "",
 ) -> tuple[AWRTrainer, Evaluate, dict[str, Any]]:
-    """Every part of one AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`: online, collecting on
-    ``cfg.env``, or with ``offline`` from ``cfg.dataset`` (the env only evaluates).
+    """Every part of one AWR run, wired into an :class:`~torchrl_awr.AWRTrainer`.
 
-    Returns the trainer, its evaluation hook and what the run summary adds (offline: algo, dataset, transitions).
+    Online (the default) it collects on ``cfg.env``; with ``cfg.dataset.path`` the update also reads that
+    dataset, mixed with the new experience by ``dataset.mix``. With ``offline`` it learns from ``cfg.dataset``
+    alone (the env only evaluates). The state normaliser is fitted on the dataset (or comes with ``init_policy``,
+    a run's ``policy.pt``: then the critic starts from the ``value.pt`` beside it, if any) and stays frozen;
+    otherwise it takes the first ``model.normalizer_samples`` online samples.
+
+    Returns the trainer, its evaluation hook and what the run summary adds (the dataset, if any).
 
     Raises:
-        ValueError: ``buffer.size`` below ``collector.frames_per_batch`` (each batch would lose frames).
-        DatasetError: offline, the dataset is missing, malformed or does not fit the env.
+        ValueError: ``buffer.size`` below ``collector.frames_per_batch``, or an ``init_policy`` that does not fit.
+        DatasetError: the dataset is missing, malformed or does not fit the env.
     """
     if not offline:
         check_batches(cfg)
     torch.manual_seed(cfg.seed)
     device = learner_device(cfg)
-    if offline:
-        data = load_dataset(cfg.dataset.source, cfg.dataset.path, cfg.dataset.name)  # bad data fails before the env
-        eval_env = env = make_eval_env(cfg)
-        label = f"dataset {cfg.dataset.path!r}"
-        data = fit_to_env(data, eval_env, label)
-        if data.shape[0] < cfg.optim.batch_size:
-            raise DatasetError(
-                f"the dataset holds {data.shape[0]} transitions, fewer than optim.batch_size={cfg.optim.batch_size}."
-            )
-    else:
-        env = make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
+    env = make_eval_env(cfg) if offline else make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
+    data, label = load_dataset_for(cfg, env) if cfg.dataset.path else (None, "")
     loss = make_loss(cfg, env)
     norm = next(m for m in loss.actor_network.modules() if isinstance(m, ObservationNorm))
-    if offline:
+    if init_policy:
+        load_init_policy(loss, init_policy, cfg.env.name)
+    elif data is not None:
         UpdateObservationNorm(norm, max_samples=data.shape[0])(data)  # state statistics of the whole dataset, frozen
     policy = acting_policy(loss.actor_network, device)
     loss = loss.to(device)
     actor_optim, critic_optim = make_optimizers(cfg, loss)
     keys = loss.tensor_keys
+    if data is not None and not offline:  # TD(λ) must never join a dataset path with an online one
+        data.set(TRAJ_KEY, -1 - data.get(TRAJ_KEY))
     trainer = AWRTrainer(
         collector=None if offline else make_collector(cfg, env, policy),
         loss_module=loss,
@@ -233,10 +256,13 @@ def build_trainer(
         critic_steps=cfg.optim.critic_steps,
         batch_size=cfg.optim.batch_size,
         relabel=cfg.offline.relabel if offline else "refresh",
-        observation_norm=None if offline else norm,
+        observation_norm=None if offline or init_policy or data is not None else norm,
         normalizer_samples=cfg.model.normalizer_samples,
         frames_per_batch=None if offline else cfg.collector.frames_per_batch,
         bc_loss=make_bc_loss(loss) if offline and cfg.offline.algo == "bc" else None,
+        dataset=None if offline or data is None else data.to(device),
+        dataset_mix=cfg.dataset.mix,
+        anneal_frames=cfg.dataset.anneal_frames,
         checkpoint_dir=output_dir / "checkpoints",
         checkpoint_interval=cfg.checkpoint.interval,
         keep_checkpoints=cfg.checkpoint.keep_last,
@@ -247,13 +273,30 @@ def build_trainer(
         compile=cfg.optim.compile,
         cudagraphs=cfg.optim.cudagraphs,
     )
-    if not offline:
-        evaluator = make_evaluate(cfg, make_eval_env(cfg), policy, loss.actor_network, trainer, output_dir)
+    eval_env = env if offline else make_eval_env(cfg)
+    starts_trained = bool(init_policy) and not offline  # eval.csv's first row: the policy it starts from
+    evaluator = make_evaluate(cfg, eval_env, policy, loss.actor_network, trainer, output_dir, at_start=starts_trained)
+    if data is None:
         return trainer, evaluator, {}
     trainer.register_module("dataset", DatasetIdentity(data, label))  # the data stays out of the checkpoints
-    evaluator = make_evaluate(cfg, eval_env, policy, loss.actor_network, trainer, output_dir)
     dataset = {"source": cfg.dataset.source, "path": cfg.dataset.path, "name": cfg.dataset.name}
-    return trainer, evaluator, {"algo": cfg.offline.algo, "dataset": dataset, "transitions": data.shape[0]}
+    extra = {"dataset": dataset, "transitions": data.shape[0]}
+    return trainer, evaluator, {"algo": cfg.offline.algo, **extra} if offline else {"mix": cfg.dataset.mix, **extra}
+
+
+def pretrain(cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags: list[str] | None = None) -> Path:
+    """Stage 1 of an online run from a dataset: ``offline.steps`` of offline AWR in ``<output_dir>/pretrain``.
+
+    The stage is a whole offline run of its own (checkpoints, ``eval.csv`` in gradient steps, summary), resumed
+    where it was killed and skipped once finished; returns its ``policy.pt``.
+    """
+    stage_dir = output_dir / PRETRAIN_DIR
+    if not (stage_dir / "summary.json").is_file():
+        stage = cfg.copy()
+        stage.output_dir = str(stage_dir)
+        stage.resume = str(stage_dir) if list((stage_dir / "checkpoints").glob("checkpoint-*")) else ""
+        run(stage, stage_dir, progress_bar, tags, offline=True)
+    return stage_dir / "policy.pt"
 
 
 def run(
@@ -267,7 +310,8 @@ def run(
     """Build with :func:`build_trainer`, train (or resume, with ``cfg.resume``) one run and write its outputs;
     returns the summary.
 
-    ``tags`` label the W&B run (the scripts pass their ``key=value`` overrides).
+    ``tags`` label the W&B run (the scripts pass their ``key=value`` overrides). Online with a dataset and
+    ``offline.steps > 0``, :func:`pretrain` runs first and the online stage starts from its networks.
 
     Raises:
         FloatingPointError: the final evaluation return is not finite.
@@ -276,10 +320,23 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume:
         check_not_finished(cfg, output_dir)
-    trainer, evaluator, extra = build_trainer(cfg, output_dir, progress_bar, tags, offline=offline)
+    init_policy = cfg.init_policy
+    if not offline and cfg.dataset.path and cfg.offline.steps > 0:
+        if not cfg.resume:
+            OmegaConf.save(cfg, output_dir / "config.yaml")  # a kill during pre-training leaves a run to resume
+        try:
+            init_policy = str(pretrain(cfg, output_dir, progress_bar, tags))
+        except ValueError:  # bad input: the run never started, leave nothing behind to be refused
+            if not cfg.resume and not (output_dir / PRETRAIN_DIR / "checkpoints").is_dir():
+                shutil.rmtree(output_dir / PRETRAIN_DIR, ignore_errors=True)
+                (output_dir / "config.yaml").unlink()
+            raise
+    trainer, evaluator, extra = build_trainer(
+        cfg, output_dir, progress_bar, tags, offline=offline, init_policy=init_policy
+    )
     if not cfg.resume:  # only once the build worked: a start that failed leaves no run behind to be refused
         OmegaConf.save(cfg, output_dir / "config.yaml")
-    if cfg.resume:
+    if list((output_dir / "checkpoints").glob("checkpoint-*")):  # resumed (a run killed in pre-training has none)
         trainer.resume(output_dir / "checkpoints")
     trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames))
     if trainer.collected_frames < trainer.total_frames:
@@ -287,6 +344,7 @@ def run(
     else:  # killed after its last checkpoint, before the end: only the final evaluation is left to do
         evaluator.final()
     torch.save(trainer.loss_module.actor_network.state_dict(), output_dir / "policy.pt")
+    torch.save(trainer.loss_module.value_network.state_dict(), output_dir / "value.pt")  # for init_policy=
     if cfg.buffer.save and not offline:  # for train_offline.py dataset.source=buffer
         trainer.replay_buffer.dumps(output_dir / "replay_buffer")
     final = evaluator.history[-1]

@@ -103,7 +103,8 @@ class Evaluate(TrainerHookBase):
     scores each by its first episode's return. Stage: ``post_steps_log``; also
     runs once at shutdown so the final policy is always evaluated. With
     ``source`` (a learner on a GPU), its weights are copied into ``policy``
-    (a CPU copy acting in the CPU env) before each evaluation.
+    (a CPU copy acting in the CPU env) before each evaluation. With ``at_start`` it also evaluates before
+    training (at setup, at 0 frames): a run from a pre-trained policy starts its curve there.
 
     Examples:
         >>> from torchrl_awr import make_awr_actor, make_env
@@ -126,6 +127,7 @@ class Evaluate(TrainerHookBase):
         csv_path: str | Path | None = None,
         return_key: tuple = ("next", "episode_reward"),
         source: torch.nn.Module | None = None,
+        at_start: bool = False,
     ) -> None:
         self.env = env
         self.policy = policy
@@ -135,6 +137,7 @@ class Evaluate(TrainerHookBase):
         self.max_steps = max_steps
         self.csv_path = Path(csv_path) if csv_path is not None else None
         self.return_key = return_key
+        self.at_start = at_start
         self.last_frames = -1
         self.history: list[dict[str, float]] = []
         self._trainer: Trainer | None = None
@@ -184,12 +187,20 @@ class Evaluate(TrainerHookBase):
             "log_pbar": True,
         }
 
+    def start(self) -> None:
+        """With ``at_start``, evaluate the policy a run starts from (a pre-trained one) as the row at 0."""
+        if self.at_start and not self.history and self._trainer.collected_frames == 0:
+            self._log_now(self.evaluate())
+
     def final(self) -> None:
         if self._trainer is not None and self.last_frames != self._trainer.collected_frames:
-            row = self.evaluate()  # after the training loop: straight to the logger, at the final frame count
-            if self._trainer.logger is not None:
-                for key in ("return_mean", "return_std"):
-                    self._trainer.logger.log_scalar(f"eval/{key}", row[f"eval_{key}"], step=row[self.clock.unit])
+            self._log_now(self.evaluate())  # after the training loop
+
+    def _log_now(self, row: dict[str, float]) -> None:
+        """An evaluation outside the training loop's logging stages: straight to the logger, at its frame count."""
+        if self._trainer.logger is not None:
+            for key in ("return_mean", "return_std"):
+                self._trainer.logger.log_scalar(f"eval/{key}", row[f"eval_{key}"], step=row[self.clock.unit])
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_frames": self.last_frames, "history": list(self.history)}
@@ -205,6 +216,7 @@ class Evaluate(TrainerHookBase):
 
     def register(self, trainer: Trainer, name: str = "evaluate") -> None:
         self._trainer = trainer
+        trainer.register_op("setup", self.start)
         trainer.register_op("post_steps_log", self)
         trainer.register_op("shutdown", self.final)
         trainer.register_module(name, self)

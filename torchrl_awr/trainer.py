@@ -21,7 +21,7 @@ from torchrl.objectives import BCLoss
 from torchrl.record.loggers import Logger
 from torchrl.trainers import Trainer, UpdateWeights
 
-from torchrl_awr.buffers import ExtendBuffer
+from torchrl_awr.buffers import ExtendBuffer, MixedBuffer, with_target_slots
 from torchrl_awr.integrity import ResumeRefused, SealedRotation, damage, remove_stale
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import UpdateObservationNorm
@@ -216,6 +216,7 @@ class AWRTrainer(ResumableTrainer):
     ``update_observation_norm``   ``batch_process``    state statistics from the first N samples
     ``replay_buffer``             ``batch_process``    extend the FIFO buffer
     ``log_episode_return``        ``pre_steps_log``    training return
+    ``mixed_buffer``              ``pre_optim_steps``  with a ``dataset``: its share beside the FIFO buffer
     ``awr_update``                ``pre_optim_steps``  relabel, fit V, relabel, fit π
     ``update_weights``            ``post_steps``       push the policy to the collector
     ``clock``                     ``post_steps_log``   frames, wall time, frames/s
@@ -250,6 +251,9 @@ class AWRTrainer(ResumableTrainer):
         normalizer_samples: samples whose statistics it takes before freezing.
         frames_per_batch: frames per iteration, for checkpoint intervals (default: the collector's).
         bc_loss: offline, train by behaviour cloning with this loss instead of AWR.
+        dataset: online, transitions (TED layout, trajectory ids apart from the collector's) the update reads beside
+            the FIFO buffer, mixed by ``dataset_mix`` (``"keep"``, ``"anneal"`` over ``anneal_frames`` online frames,
+            ``"evict"``; see :class:`~torchrl_awr.buffers.MixedBuffer`). Not checkpointed.
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_interval: iterations between checkpoints.
         keep_checkpoints: how many checkpoints to keep.
@@ -316,6 +320,9 @@ class AWRTrainer(ResumableTrainer):
         normalizer_samples: int = 300_000,
         frames_per_batch: int | None = None,
         bc_loss: BCLoss | None = None,
+        dataset: TensorDictBase | None = None,
+        dataset_mix: str = "keep",
+        anneal_frames: int = 500_000,
         checkpoint_dir: str | pathlib.Path | None = None,
         checkpoint_interval: int = 10,
         keep_checkpoints: int = 2,
@@ -344,18 +351,25 @@ class AWRTrainer(ResumableTrainer):
             seed=seed,
             unit="frames" if online else "gradient_steps",
         )
+        if dataset is not None and not online:
+            raise ValueError("dataset: offline, pass the dataset as the replay_buffer (make_offline_buffer).")
         self.buffer = replay_buffer  # what the update reads; online it is also TorchRL's (checkpointed) replay_buffer
         keys = loss_module.tensor_keys
+        target_keys = (keys.advantage, keys.value_target)
         if online:
             self.replay_buffer = replay_buffer
             if observation_norm is not None:
                 UpdateObservationNorm(observation_norm, normalizer_samples).register(self)
-            ExtendBuffer(replay_buffer, target_keys=(keys.advantage, keys.value_target)).register(self)
+            ExtendBuffer(replay_buffer, target_keys=target_keys).register(self)
             LogEpisodeReturn().register(self)
+        if dataset is not None:
+            mixed = MixedBuffer(with_target_slots(dataset, target_keys), replay_buffer, dataset_mix, anneal_frames)
+            mixed.register(self)
+            self.buffer = mixed.buffer
         phase = {"device": device, "compile": compile, "cudagraphs": cudagraphs}
         if bc_loss is None:
             self.update = AWRUpdate(
-                loss_module, replay_buffer, actor_optimizer, critic_optimizer, actor_steps=actor_steps,
+                loss_module, self.buffer, actor_optimizer, critic_optimizer, actor_steps=actor_steps,
                 critic_steps=critic_steps, batch_size=batch_size, relabel=relabel, **phase,
             )
             self.actor_phase = self.update.actor_phase

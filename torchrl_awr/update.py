@@ -1,9 +1,9 @@
 """One AWR update (:class:`AWRUpdate`: relabel, fit V, relabel, fit π), its two regression phases and their
 update step: eager, or one compiled graph per step.
 
-A phase (:class:`RegressionPhase`) is ``steps`` minibatch updates of one loss method (:meth:`AWRLoss.value_loss` for the critic,
-:meth:`AWRLoss.actor_loss` for the actor) on a snapshot of the replay buffer. One update is a function of the
-minibatch indices:
+A phase (:class:`RegressionPhase`) is ``steps`` minibatch updates of one loss method (:meth:`AWRLoss.value_loss`
+for the critic, :meth:`AWRLoss.actor_loss` for the actor) on a snapshot of the replay buffer. One update is a
+function of the minibatch indices:
 
 * **eager** (``compile=False``, the reference): ``loss.backward()`` and ``optimizer.step()``, as any PyTorch loop;
 * **one graph** (``compile=True``): minibatch gather, loss, gradients (:func:`torch.func.grad_and_value` through
