@@ -19,6 +19,7 @@ from torchrl.trainers import Trainer
 from torchrl_awr.collectors import make_collector  # noqa: F401 - re-exported: builders stay one import
 from torchrl_awr.config import to_flat_dict
 from torchrl_awr.envs import make_env
+from torchrl_awr.errors import one_line
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import make_awr_networks
 from torchrl_awr.monitoring import Evaluate
@@ -98,10 +99,8 @@ def load_init_policy(loss: AWRLoss, path: str | Path, env_name: str) -> None:
         if value.is_file():
             loss.value_network.load_state_dict(torch.load(value, map_location="cpu", weights_only=True))
     except Exception as err:  # noqa: BLE001 - any file that does not load gets the same one-line error
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{name} does not fit env.name={env_name} with these model.* settings ({reason[:160]})."
-        ) from None
+        raise ValueError(f"{name} does not fit env.name={env_name} with these model.* settings ({one_line(err)}).") \
+            from None
 
 
 def make_bc_loss(loss: AWRLoss) -> BCLoss:

@@ -29,6 +29,7 @@ from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase
 
 from torchrl_awr.envs import make_env
+from torchrl_awr.errors import one_line
 
 BACKENDS = ("single", "multi", "ray")
 RAY_MISSING = "collector.backend=ray needs the ray package: pip install -e '.[ray]'."
@@ -209,9 +210,8 @@ def connect_ray(address: str, num_workers: int) -> float:
             else:
                 ray.init(address=target, **quiet)
         except Exception as err:  # noqa: BLE001 - any failure to join is one line (e.g. a token-auth cluster)
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
             where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-            raise ValueError(f"could not start or join {where}: {type(err).__name__}: {reason}") from None
+            raise ValueError(f"could not start or join {where}: {one_line(err)}") from None
     cpus = ray.cluster_resources().get("CPU", 0)
     if address and cpus < num_workers:
         raise ValueError(

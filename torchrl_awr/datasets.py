@@ -47,6 +47,7 @@ from torchrl.data import LazyTensorStorage, OneHot, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 
 from torchrl_awr.compat import memmap_like_keeps_content
+from torchrl_awr.errors import one_line
 from torchrl_awr.integrity import ResumeRefused
 from torchrl_awr.targets import TRAJ_KEY, chronological_indices
 
@@ -67,11 +68,6 @@ D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 class DatasetError(ValueError):
     """A dataset that cannot be trained on; the message is one line naming the problem."""
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _require(package: str, source: str) -> None:
@@ -116,7 +112,7 @@ def load_buffer_dataset(path: str | Path) -> TensorDict:
         buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(max(capacity, 1)))
         buffer.loads(path)
     except Exception as err:  # noqa: BLE001 - any unreadable dump gets the same one-line error
-        raise DatasetError(f"dataset.path={str(path)!r}: the replay buffer is unreadable ({_one_line(err)}).") from None
+        raise DatasetError(f"dataset.path={str(path)!r}: the replay buffer is unreadable ({one_line(err)}).") from None
     if len(buffer) == 0:
         raise DatasetError(f"dataset.path={str(path)!r}: the replay buffer is empty (0 transitions).")
     return buffer.storage.get(chronological_indices(buffer)).to_tensordict()
@@ -154,7 +150,7 @@ def load_minari_dataset(root: str | Path, dataset_id: str) -> TensorDict:
                 )
             data = replay.storage.get(torch.arange(len(replay))).to_tensordict()  # a copy: the cache goes away
         except Exception as err:  # noqa: BLE001 - minari/h5py raise many kinds; all get one line
-            reason = _one_line(err)
+            reason = one_line(err)
             raise DatasetError(f"Minari dataset {dataset_id!r} in {str(root)!r} is unreadable ({reason}).") from None
     if "episode" not in data.keys():
         raise DatasetError(f"Minari dataset {dataset_id!r} has no episodes.")
@@ -197,7 +193,7 @@ def load_hdf5_dataset(path: str | Path) -> TensorDict:
     try:
         h5 = PersistentTensorDict.from_h5(str(path), mode="r")
     except Exception as err:  # noqa: BLE001 - h5py raises OSError, KeyError, ... for a bad file
-        raise DatasetError(f"dataset.path={str(path)!r} is not a readable HDF5 file ({_one_line(err)}).") from None
+        raise DatasetError(f"dataset.path={str(path)!r} is not a readable HDF5 file ({one_line(err)}).") from None
     try:
         keys = set(h5.keys())
         missing = [k for k in D4RL_KEYS if k not in keys]

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDict
-from torchrl.envs import EnvBase, ObservationNorm
+from torchrl.envs import ObservationNorm
 
 from torchrl_awr.buffers import make_offline_buffer, make_replay_buffer
 from torchrl_awr.builders import (
@@ -185,21 +184,6 @@ def check_batches(cfg: DictConfig) -> None:
         )
 
 
-def load_dataset_for(cfg: DictConfig, env: EnvBase) -> tuple[TensorDict, str]:
-    """``cfg.dataset``'s transitions, checked against ``env`` and ``optim.batch_size``, with a label naming them.
-
-    Raises:
-        DatasetError: the dataset is missing, malformed, too small or does not fit the env.
-    """
-    label = f"dataset {cfg.dataset.path!r}"
-    data = fit_to_env(load_dataset(cfg.dataset.source, cfg.dataset.path, cfg.dataset.name), env, label)
-    if data.shape[0] < cfg.optim.batch_size:
-        raise DatasetError(
-            f"the dataset holds {data.shape[0]} transitions, fewer than optim.batch_size={cfg.optim.batch_size}."
-        )
-    return data, label
-
-
 def build_trainer(
     cfg: DictConfig,
     output_dir: Path,
@@ -227,8 +211,16 @@ def build_trainer(
         check_batches(cfg)
     torch.manual_seed(cfg.seed)
     device = learner_device(cfg)
+    data, label = None, f"dataset {cfg.dataset.path!r}"
+    if cfg.dataset.path:  # bad data fails before the env is made
+        data = load_dataset(cfg.dataset.source, cfg.dataset.path, cfg.dataset.name)
     env = make_eval_env(cfg) if offline else make_env(cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.seed)
-    data, label = load_dataset_for(cfg, env) if cfg.dataset.path else (None, "")
+    if data is not None:
+        data = fit_to_env(data, env, label)
+        if data.shape[0] < cfg.optim.batch_size:
+            raise DatasetError(
+                f"the dataset holds {data.shape[0]} transitions, fewer than optim.batch_size={cfg.optim.batch_size}."
+            )
     loss = make_loss(cfg, env)
     norm = next(m for m in loss.actor_network.modules() if isinstance(m, ObservationNorm))
     if init_policy:

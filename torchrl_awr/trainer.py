@@ -22,6 +22,7 @@ from torchrl.record.loggers import Logger
 from torchrl.trainers import Trainer, UpdateWeights
 
 from torchrl_awr.buffers import ExtendBuffer, MixedBuffer, with_target_slots
+from torchrl_awr.errors import one_line
 from torchrl_awr.integrity import ResumeRefused, SealedRotation, damage, remove_stale
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.models import UpdateObservationNorm
@@ -159,8 +160,7 @@ class ResumableTrainer(Trainer):
         except ResumeRefused:
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {type(err).__name__}: {reason}") from None
+            raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {one_line(err)}") from None
         self.clock.start()
         return latest
 

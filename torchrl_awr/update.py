@@ -33,6 +33,7 @@ from torchrl.data import ReplayBuffer
 from torchrl.objectives import BCLoss
 from torchrl.trainers import Trainer, TrainerHookBase
 
+from torchrl_awr.errors import one_line
 from torchrl_awr.loss import AWRLoss
 from torchrl_awr.targets import chronological_indices, refresh_advantages, relabel
 
@@ -344,10 +345,8 @@ class RegressionPhase(LoggedUpdate):
         try:
             return self._compiled_step(index)
         except Exception as err:  # noqa: BLE001 - compilation fails before the step runs: fall back, say why
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
             warnings.warn(
-                f"{self.name}: compiling the update step failed ({type(err).__name__}: {reason[:200]}); "
-                "updating eagerly.",
+                f"{self.name}: compiling the update step failed ({one_line(err)}); updating eagerly.",
                 stacklevel=2,
             )
             self.compiled = False
