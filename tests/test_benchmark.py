@@ -86,20 +86,25 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 
 
 def test_end_to_end_section_runs_both_loops(tmp_path: Path) -> None:
-    """Three 1024-frame iterations on Pendulum-v1: evaluations and checkpoints every 2 (so also the final ones)."""
+    """Three 1024-frame iterations on Pendulum-v1: evaluations and checkpoints every 2 (so also the final ones).
+
+    Eager updates: a cold compilation (the section gives every run of ours a fresh inductor cache) alone takes
+    20-40 s on a loaded 2-core machine; tests/test_update.py covers the compiled update.
+    """
     overrides = [
         "env.name=Pendulum-v1",
         "collector.frames_per_batch=1024",
         "eval.interval=2",
         "checkpoint.interval=2",
         "logger.backend=none",
+        "optim.compile=false",
     ]
-    data = run_benchmark(tmp_path, "--sections", "end_to_end", "--frames", "3072", *overrides, timeout=170)
+    data = run_benchmark(tmp_path, "--sections", "end_to_end", "--frames", "3072", *overrides, timeout=120)
     assert list(data) == ["machine", "settings", "section_wall_s", "end_to_end"]
     e2e = data["end_to_end"]
     assert e2e["frames"] == 3072 and e2e["repeats"] == 1
     assert e2e["command"].startswith("python scripts/train_mujoco.py env.name=Pendulum-v1 collector.total_frames=3072")
-    assert e2e["settings"]["env_id"] == "Pendulum-v1" and e2e["settings"]["optim.compile"] is True
+    assert e2e["settings"]["env_id"] == "Pendulum-v1" and e2e["settings"]["optim.compile"] is False
     for side in ("ours", "plain"):
         for key in ("s", "fps", "train_s"):
             assert positive(e2e[f"{side}_{key}"]), (side, key, e2e[f"{side}_{key}"])
