@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from torchrl_awr import make_env
 from torchrl_awr.builders import make_collector, make_loss
-from torchrl_awr.envs import make_env
 
 from .common import Row, Section, base_config, interleaved, paired, plain_copy, profile
 from .plain import make_envs

@@ -15,9 +15,8 @@ from omegaconf import DictConfig
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-from torchrl_awr import AWRLoss, relabel
+from torchrl_awr import AWRLoss, make_env, relabel
 from torchrl_awr.builders import make_loss, make_optimizers, make_replay_buffer
-from torchrl_awr.envs import make_env
 from torchrl_awr.update import RegressionPhase, shuffled_indices
 
 from .common import (
