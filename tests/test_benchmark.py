@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --quick as CI runs it: every section reported, positive figures, ratios present.
+"""scripts/benchmark.py as CI runs it, its end-to-end section run tiny, and its plain-PyTorch baseline's math.
 
 No timing thresholds: the figures depend on the machine and its load.
 """
@@ -12,22 +12,36 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
+sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark's package, as scripts/benchmark.py imports it
+
+from bench.common import linears, plain_copy  # noqa: E402
+from bench.plain import td_lambda  # noqa: E402
+from bench.update import synthetic_learner  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+
+from torchrl_awr import make_env, relabel  # noqa: E402
+from torchrl_awr.builders import make_loss, make_replay_buffer  # noqa: E402
+from torchrl_awr.config import load_config  # noqa: E402
 
 
 def positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+def run_benchmark(tmp_path: Path, *args: str, timeout: int) -> dict:
+    """``scripts/benchmark.py --quick --json <tmp> *args`` as a user runs it; its JSON."""
     out = tmp_path / "bench.json"
     env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out), *args],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         cwd=ROOT,
         env=env,
     )
@@ -36,14 +50,23 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["settings"]["quick"] is True
     assert data["machine"]["torch_threads"] == 1
-    for section in ("update", "relabel", "collection", "iteration"):
+    return data
+
+
+def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+    data = run_benchmark(tmp_path, timeout=180)
+    for section in ("update", "learner", "relabel", "collection", "iteration"):
         assert section in data, section
+    assert "end_to_end" not in data  # only when named
 
     update = data["update"]
     for phase in ("actor", "critic", "step"):
         for key in ("ours_ms", "plain_ms", "hook_ms", "ratio", "hook_ratio"):
             assert positive(update[phase][key]), (phase, key, update[phase][key])
-    assert update["check"]["max_rel_diff"] < 1e-3  # ours and plain compute the same losses
+
+    for name, variant in data["learner"]["variants"].items():
+        for key in ("s", "plain_s", "ratio"):
+            assert positive(variant[key]), (name, key, variant[key])
 
     relabel = data["relabel"]
     assert relabel["buffer_size"] == 50_000
@@ -60,3 +83,131 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert positive(iteration[key]), (key, iteration[key])
     for key in ("collect_and_extend", "optim_stage", "relabel_each", "critic_phase", "actor_phase"):
         assert positive(iteration["split_s"][key]), (key, iteration["split_s"][key])
+
+
+def test_end_to_end_section_runs_both_loops(tmp_path: Path) -> None:
+    """Three 1024-frame iterations on Pendulum-v1: evaluations and checkpoints every 2 (so also the final ones).
+
+    Eager updates: a cold compilation (the section gives every run of ours a fresh inductor cache) alone takes
+    20-40 s on a loaded 2-core machine; tests/test_update.py covers the compiled update.
+    """
+    overrides = [
+        "env.name=Pendulum-v1",
+        "collector.frames_per_batch=1024",
+        "eval.interval=2",
+        "checkpoint.interval=2",
+        "logger.backend=none",
+        "optim.compile=false",
+    ]
+    data = run_benchmark(tmp_path, "--sections", "end_to_end", "--frames", "3072", *overrides, timeout=120)
+    assert list(data) == ["machine", "settings", "section_wall_s", "end_to_end"]
+    e2e = data["end_to_end"]
+    assert e2e["frames"] == 3072 and e2e["repeats"] == 1
+    assert e2e["command"].startswith("python scripts/train_mujoco.py env.name=Pendulum-v1 collector.total_frames=3072")
+    assert e2e["settings"]["env_id"] == "Pendulum-v1" and e2e["settings"]["optim.compile"] is False
+    for side in ("ours", "plain"):
+        for key in ("s", "fps", "train_s"):
+            assert positive(e2e[f"{side}_{key}"]), (side, key, e2e[f"{side}_{key}"])
+    for key in ("ratio", "fps_ratio", "train_ratio"):
+        assert positive(e2e[key]), (key, e2e[key])
+    for key in ("ours_return", "plain_return"):  # Pendulum's returns are negative
+        assert math.isfinite(e2e[key]), (key, e2e[key])
+    for side in ("ours", "plain"):
+        (run,) = e2e["runs"][side]
+        assert [row["frames"] for row in run["eval_history"]] == [2048, 3072], side
+        assert run["eval_history"][-1]["eval_return_mean"] == run["final_eval_return_mean"]
+        assert run["train_s"] < run["s"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["env.name=HalfCheetah-v5", "loss.advantage_stats=batch"],  # the update section's: standardised per minibatch
+        ["env.name=HalfCheetah-v5"],  # the defaults: advantages standardised over the buffer, before the loss
+        ["env.name=HalfCheetah-v5", "recipe=original"],  # SGD, action_std 0.4, beta 1
+        ["env.name=Pendulum-v1", "loss.advantage_stats=batch"],  # action bounds of ±2: the mean is rescaled
+    ],
+    ids=["batch-stats", "defaults", "original", "pendulum"],
+)
+def test_plain_baseline_computes_our_losses_and_gradients(tmp_path: Path, overrides: list[str]) -> None:
+    """Ours and the plain-PyTorch baseline (loaded with our weights) agree on both losses and their gradients, on a
+    minibatch of the benchmark's synthetic buffer, with the action-bound penalty active (actions past the bounds)."""
+    cfg = load_config(["logger.backend=none", *overrides])
+    s = synthetic_learner(cfg, tmp_path)
+    loss, plain = s.loss, s.plain
+    with torch.no_grad():  # push some means past the bounds, so that the penalty counts
+        linears(loss.actor_network)[-1].bias.add_(1.5)
+        linears(plain.actor)[-1].bias.add_(1.5)
+    idx = torch.randperm(s.full.shape[0])[: cfg.optim.batch_size]
+    batch = s.full[idx]
+    obs, action, advantage, value_target = (t[idx] for t in s.tensors())
+    pairs = (
+        (
+            loss.actor_loss(batch.select(*s.actor_keys))[0],
+            plain.actor_loss(obs, action, advantage),
+            loss.actor_network,
+            plain.actor,
+        ),
+        (
+            loss.value_loss(batch.select(*s.critic_keys))[0],
+            plain.value_loss(obs, value_target),
+            loss.value_network,
+            plain.critic,
+        ),
+    )
+    for ours, theirs, our_net, plain_net in pairs:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        ours.backward()
+        theirs.backward()
+        for our_layer, plain_layer in zip(linears(our_net), linears(plain_net), strict=True):
+            torch.testing.assert_close(our_layer.weight.grad, plain_layer.weight.grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(our_layer.bias.grad, plain_layer.bias.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_plain_td_lambda_matches_relabel(tmp_path: Path) -> None:
+    """The plain loop's TD(λ) over a time-major ``[T, envs]`` buffer gives the targets and advantages that
+    ``torchrl_awr.relabel`` writes into our buffer of the same transitions (env-major, with trajectory ids), with
+    terminations, truncations and the newest step bootstrapped from V(s')."""
+    steps, num_envs = 40, 4
+    cfg = load_config(["env.name=Pendulum-v1", "logger.backend=none", f"buffer.size={steps * num_envs}"])
+    env = make_env(cfg.env.name)
+    loss = make_loss(cfg, env)
+    space = env.action_spec_unbatched.space
+    plain = plain_copy(loss, cfg, space.low.float(), space.high.float())
+    gen = torch.Generator().manual_seed(0)
+    terminated = torch.rand(steps, num_envs, generator=gen) < 0.05
+    done = terminated | (torch.rand(steps, num_envs, generator=gen) < 0.05)
+    data = {
+        "obs": torch.randn(steps, num_envs, 3, generator=gen),
+        "next_obs": torch.randn(steps, num_envs, 3, generator=gen),
+        "reward": torch.randn(steps, num_envs, generator=gen),
+        "terminated": terminated,
+        "done": done,
+    }
+    episode = torch.cat([torch.zeros(1, num_envs, dtype=torch.long), done[:-1].long().cumsum(0)])
+    traj_ids = torch.arange(num_envs) + num_envs * episode
+
+    def env_major(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(0, 1).reshape(steps * num_envs, *x.shape[2:])
+
+    n = steps * num_envs
+    batch = TensorDict(
+        {
+            "observation": env_major(data["obs"]),
+            "next": {
+                "observation": env_major(data["next_obs"]),
+                "reward": env_major(data["reward"]).unsqueeze(-1),
+                "done": env_major(done).unsqueeze(-1),
+                "terminated": env_major(terminated).unsqueeze(-1),
+            },
+            "collector": {"traj_ids": env_major(traj_ids)},
+        },
+        batch_size=[n],
+    )
+    buffer = make_replay_buffer(cfg, tmp_path, torch.device("cpu"))
+    buffer.extend(batch)
+    relabel(buffer, loss)
+    stored = buffer.storage.get(torch.arange(n))
+    target, advantage = td_lambda(plain, data, cfg.loss.gamma, cfg.loss.lmbda)
+    torch.testing.assert_close(env_major(target), stored.get("value_target").squeeze(-1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(env_major(advantage), stored.get("advantage").squeeze(-1), rtol=1e-5, atol=1e-4)
