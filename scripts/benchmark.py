@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 
 from bench.cli import main  # scripts/ is on sys.path when a script in it runs
-from bench.iteration import fill_to_capacity  # noqa: F401 - scripts/benchmark_scaling.py imports it from here
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchmark import fill_to_capacity  # scripts/ is on sys.path when a script in it runs
+from bench.iteration import fill_to_capacity  # scripts/ is on sys.path when a script in it runs
 
 from torchrl_awr.builders import make_collector, make_loss
 from torchrl_awr.config import load_config

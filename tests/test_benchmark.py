@@ -25,7 +25,8 @@ from bench.update import synthetic_learner  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
 from torchrl_awr import make_env, relabel  # noqa: E402
-from torchrl_awr.builders import make_loss, make_replay_buffer  # noqa: E402
+from torchrl_awr.buffers import make_replay_buffer  # noqa: E402
+from torchrl_awr.builders import make_loss  # noqa: E402
 from torchrl_awr.config import load_config  # noqa: E402
 
 
@@ -122,10 +123,10 @@ def test_end_to_end_section_runs_both_loops(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["env.name=HalfCheetah-v5", "loss.advantage_stats=batch"],  # the update section's: standardised per minibatch
+        ["env.name=HalfCheetah-v5", "loss.normalize_advantage=batch"],  # the update section: per minibatch
         ["env.name=HalfCheetah-v5"],  # the defaults: advantages standardised over the buffer, before the loss
         ["env.name=HalfCheetah-v5", "recipe=original"],  # SGD, action_std 0.4, beta 1
-        ["env.name=Pendulum-v1", "loss.advantage_stats=batch"],  # action bounds of ±2: the mean is rescaled
+        ["env.name=Pendulum-v1", "loss.normalize_advantage=batch"],  # action bounds of ±2: the mean is rescaled
     ],
     ids=["batch-stats", "defaults", "original", "pendulum"],
 )
@@ -169,7 +170,8 @@ def test_plain_td_lambda_matches_relabel(tmp_path: Path) -> None:
     ``torchrl_awr.relabel`` writes into our buffer of the same transitions (env-major, with trajectory ids), with
     terminations, truncations and the newest step bootstrapped from V(s')."""
     steps, num_envs = 40, 4
-    cfg = load_config(["env.name=Pendulum-v1", "logger.backend=none", f"buffer.size={steps * num_envs}"])
+    cfg = load_config(["env.name=Pendulum-v1", "logger.backend=none", f"buffer.size={steps * num_envs}",
+                       "loss.normalize_advantage=none"])  # raw advantages stored, as the plain loop computes them
     env = make_env(cfg.env.name)
     loss = make_loss(cfg, env)
     space = env.action_spec_unbatched.space

@@ -13,9 +13,7 @@ import torch
 from torchrl.data import ReplayBuffer
 
 from torchrl_awr import relabel
-from torchrl_awr.builders import make_optimizers
 from torchrl_awr.experiment import build_trainer
-from torchrl_awr.update import RegressionPhase
 
 from .common import QUICK_STEPS, Row, Section, base_config, log, timed
 
@@ -90,37 +88,11 @@ def bench_iteration(args: argparse.Namespace, tmpdir: Path) -> dict:
 
     # The optimisation stage split into its hooks, by separate calls on the trainer's own full buffer.
     loss = trainer.loss_module
-    keys = loss.tensor_keys
-    actor_opt, critic_opt = make_optimizers(cfg, loss)
     relabel_s = statistics.median(timed(lambda: relabel(buffer, loss)) for _ in range(args.repeats))
     phases = {}
-    for name, fn, phase_keys, opt, steps in (
-        (
-            "critic_phase",
-            loss.value_loss,
-            [*loss.value_network.in_keys, keys.value_target],
-            critic_opt,
-            cfg.optim.critic_steps,
-        ),
-        (
-            "actor_phase",
-            loss.actor_loss,
-            [*loss.actor_network.in_keys, keys.action, keys.advantage],
-            actor_opt,
-            cfg.optim.actor_steps,
-        ),
-    ):
-        hook = RegressionPhase(
-            name=name,
-            loss_fn=fn,
-            keys=phase_keys,
-            replay_buffer=buffer,
-            optimizer=opt,
-            steps=steps,
-            batch_size=cfg.optim.batch_size,
-        )
-        repeats = args.repeats if name == "critic_phase" else min(args.repeats, 3)  # the actor phase takes ~2 s
-        phases[name] = statistics.median(timed(hook) for _ in range(repeats))
+    for hook in (trainer.update.critic_phase, trainer.update.actor_phase):  # the trainer's own phases
+        repeats = args.repeats if hook.name == "critic_phase" else min(args.repeats, 3)  # the actor phase: ~2 s
+        phases[hook.name] = statistics.median(timed(hook) for _ in range(repeats))
     eval_s = timed(evaluator.evaluate)
     ckpt_s = ckpt.get("s")
     iters_1m = 1e6 / cfg.collector.frames_per_batch

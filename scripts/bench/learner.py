@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from torchrl_awr.builders import make_optimizers, make_replay_buffer, resolve_device
-from torchrl_awr.update import RegressionPhase
+from torchrl_awr.buffers import make_replay_buffer
+from torchrl_awr.builders import make_optimizers, resolve_device
+from torchrl_awr.update import AWRUpdate
 
 from .common import QUICK_STEPS, Row, Section, base_config, interleaved, log, paired
 from .plain import regress
@@ -76,14 +77,11 @@ def bench_learner(args: argparse.Namespace, tmpdir: Path) -> dict:
             actor_opt, critic_opt = make_optimizers(vcfg, loss)
             buffer = make_replay_buffer(cfg, tmpdir / optimizer, device)
             buffer.extend(s.buffer.storage.get(torch.arange(len(s.buffer))))
-            phases = [
-                RegressionPhase(phase, fn, keys, buffer, opt, steps, bs, **kwargs)
-                for phase, fn, keys, opt, steps in (
-                    ("critic_phase", loss.value_loss, s.critic_keys, critic_opt, cfg.optim.critic_steps),
-                    ("actor_phase", loss.actor_loss, s.actor_keys, actor_opt, cfg.optim.actor_steps),
-                )
-            ]
-            runs[name] = lambda phases=phases: [phase() for phase in phases]
+            update = AWRUpdate(
+                loss, buffer, actor_opt, critic_opt, actor_steps=cfg.optim.actor_steps,
+                critic_steps=cfg.optim.critic_steps, batch_size=bs, **kwargs,
+            )
+            runs[name] = lambda update=update: [update.critic_phase(), update.actor_phase()]
         for name, run in runs.items():
             log(f"learner: {optimizer}, {name} on {device}: warm-up{' (compiles)' if 'compiled' in name else ''} ...")
             run()

@@ -61,7 +61,7 @@ class Args:
     lmbda: float
     beta: float
     max_weight: float
-    advantage_stats: str  # buffer (standardised over the buffer) | batch (per minibatch) | none
+    normalize_advantage: str  # buffer (standardised over the buffer) | batch (per minibatch) | none
     action_bound_penalty: float
     optimizer: str  # sgd (with momentum) | adam
     actor_lr: float
@@ -105,7 +105,7 @@ class PlainAWR:
         self.var, self.log_std = self.std.pow(2), self.std.log()
         self.value_scale = 1.0 / (1.0 - args.gamma) if args.gamma < 1 else 1.0
         self.beta, self.log_clip = args.beta, math.log(args.max_weight)
-        self.normalize = args.advantage_stats == "batch"
+        self.normalize = args.normalize_advantage == "batch"
         self.penalty = args.action_bound_penalty
 
         def make(params: Iterator[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -313,7 +313,7 @@ def update(agent: PlainAWR, buffer: Buffer, args: Args) -> None:
     )
     _, advantage = td_lambda(agent, data, args.gamma, args.lmbda)
     advantage = advantage.reshape(-1, 1)
-    if args.advantage_stats == "buffer":
+    if args.normalize_advantage == "buffer":
         advantage = standardize(advantage)
     actor_loss = regress(agent.actor_loss, (obs, action, advantage), agent.actor_opt, args.actor_steps, args.batch_size)
     if not (math.isfinite(critic_loss.item()) and math.isfinite(actor_loss.item())):

@@ -16,8 +16,9 @@ from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
 from torchrl_awr import AWRLoss, make_env, relabel
-from torchrl_awr.builders import make_loss, make_optimizers, make_replay_buffer
-from torchrl_awr.update import RegressionPhase, shuffled_indices
+from torchrl_awr.buffers import make_replay_buffer
+from torchrl_awr.builders import make_loss, make_optimizers
+from torchrl_awr.update import AWRUpdate, shuffled_indices
 
 from .common import (
     BUFFER_SIZE,
@@ -108,7 +109,7 @@ def ours_phase(loss_fn: Callable, data: TensorDict, optimizer: torch.optim.Optim
 
 def update_config() -> DictConfig:
     """The defaults with advantages standardised per minibatch inside the loss (the step then does it all)."""
-    return base_config("loss.advantage_stats=batch")
+    return base_config("loss.normalize_advantage=batch")
 
 
 def bench_update(args: argparse.Namespace, tmpdir: Path) -> dict:
@@ -119,9 +120,7 @@ def bench_update(args: argparse.Namespace, tmpdir: Path) -> dict:
     obs, action, advantage, value_target = s.tensors()
     critic_data, actor_data = s.full.select(*s.critic_keys), s.full.select(*s.actor_keys)
 
-    def hook(name: str, fn: Callable, keys: list, opt: torch.optim.Optimizer) -> RegressionPhase:
-        return RegressionPhase(name, fn, keys, s.buffer, opt, steps, bs)
-
+    update = AWRUpdate(loss, s.buffer, s.actor_opt, s.critic_opt, actor_steps=steps, critic_steps=steps, batch_size=bs)
     variants: dict[str, dict[str, Callable[[], object]]] = {
         "ours": {
             "critic": lambda: ours_phase(loss.value_loss, critic_data, s.critic_opt, steps, bs),
@@ -132,8 +131,8 @@ def bench_update(args: argparse.Namespace, tmpdir: Path) -> dict:
             "actor": lambda: regress(plain.actor_loss, (obs, action, advantage), plain.actor_opt, steps, bs),
         },
         "hook": {
-            "critic": hook("critic_phase", loss.value_loss, s.critic_keys, s.critic_opt),
-            "actor": hook("actor_phase", loss.actor_loss, s.actor_keys, s.actor_opt),
+            "critic": update.critic_phase,
+            "actor": update.actor_phase,
         },
     }
     for fns in variants.values():  # warm-up
