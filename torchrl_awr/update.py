@@ -405,7 +405,6 @@ class RegressionPhase(LoggedUpdate):
             self._bind_optimizer_state()
 
 
-
 # ------------------------------------------------------------------ one AWR update
 RELABEL = ("refresh", "once")  # offline.relabel
 
