@@ -281,7 +281,7 @@ def run(
         OmegaConf.save(cfg, output_dir / "config.yaml")
     if cfg.resume:
         trainer.resume(output_dir / "checkpoints")
-    trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames))
+    trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames, trainer.clock.unit))
     if trainer.collected_frames < trainer.total_frames:
         trainer.train()
     else:  # killed after its last checkpoint, before the end: only the final evaluation is left to do
@@ -303,6 +303,7 @@ def run(
     if not math.isfinite(summary["final_eval_return_mean"]):
         raise FloatingPointError("the final evaluation return is not finite")
     if cfg.logger.backend == "wandb":
+        trainer.logger.commit_row()  # the final row, into the summary read below
         wandb_run = trainer.logger.experiment
         wandb_run.summary.update(summary)
         # What W&B itself recorded (its offline files are binary): lets a sweep's user or test check it locally.
