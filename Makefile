@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch. On a GPU machine: make install TORCH="torch==2.11.0" (or whatever CUDA build you use).
 TORCH ?= torch==2.13.0
+# Optional extras on top, comma-separated: make install EXTRAS=tensorboard (for logger.backend=tensorboard)
+EXTRAS ?=
 ARGS ?=
 
 .PHONY: install test lint train clean
@@ -15,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+ifneq ($(EXTRAS),)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+endif
 
 lint: install
 	$(VENV)/bin/ruff check torchrl_awr scripts tests

@@ -5,11 +5,12 @@
 
 Each grid point runs ``scripts/train_mujoco.py`` as a subprocess (the sweep's
 own ``command``, followed by the ``--set`` overrides), one after another, into
-``<out>/runs/<n>``; a point whose ``summary.json`` exists is skipped, so an
-interrupted study resumes. ``<out>/results.csv`` gets one row per point: the
-swept values, the final eval return and the mean of the last three
-evaluations. ``--plot X HUE`` draws that return against ``X`` (log scale),
-mean ± std over the other swept keys (seeds), one line per ``HUE`` value.
+``<out>/runs/<n>``; a point whose ``summary.json`` exists is skipped (one line
+says how many), so an interrupted study resumes; a fresh ``--out`` runs every
+point again. ``<out>/results.csv`` gets one row per point: the swept values,
+the final eval return and the mean of the last three evaluations. ``--plot X
+HUE`` draws that return against ``X`` (log scale), mean ± std over the other
+swept keys (seeds), one line per ``HUE`` value.
 """
 
 from __future__ import annotations
@@ -76,9 +77,17 @@ def main(argv: list[str]) -> int:
         return 2
     rows = []
     env = {**os.environ, "WANDB_SILENT": "true"}
+    runs = args.out / "runs"
+    done = [n for n in range(len(points)) if (runs / f"{n:03d}" / "summary.json").exists()]
+    if done:
+        print(
+            f"{len(done)} of {len(points)} points already done in {runs} (they have a summary.json): skipped; "
+            "to run them again, pass a fresh --out.",
+            flush=True,
+        )
     for n, params in enumerate(points):
-        run_dir = args.out / "runs" / f"{n:03d}"
-        if not (run_dir / "summary.json").exists():
+        run_dir = runs / f"{n:03d}"
+        if n not in done:
             # a point killed before its summary starts again from nothing
             command = [*agent_command(config, params), *args.set, f"output_dir={run_dir}", "overwrite=true"]
             print(f"[{n + 1}/{len(points)}] {' '.join(command[2:])}", flush=True)

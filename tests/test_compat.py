@@ -3,6 +3,9 @@ after a torchrl / tensordict upgrade, the helper can go: use the public API the 
 
 import importlib.util
 import inspect
+import io
+import time
+from types import SimpleNamespace
 from unittest.mock import patch
 
 import torch
@@ -12,9 +15,16 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.datasets import MinariExperienceReplay
 from torchrl.objectives import A2CLoss
 from torchrl.trainers import Trainer
+from tqdm import tqdm
 
 from torchrl_awr import make_awr_actor, make_awr_value, make_env
-from torchrl_awr.compat import DirectWriteModule, fifo_start, loss_mask_keys, memmap_like_keeps_content
+from torchrl_awr.compat import (
+    DirectWriteModule,
+    advance_progress_bar,
+    fifo_start,
+    loss_mask_keys,
+    memmap_like_keeps_content,
+)
 from torchrl_awr.loss import AWRLoss
 
 
@@ -36,6 +46,16 @@ def test_trainer_progress_bar_starts_at_zero():
     assert "tqdm(total=self.total_frames)" in inspect.getsource(Trainer.train), (
         "Trainer.train builds its bar differently now: check whether advance_progress_bar is still needed"
     )
+
+
+def test_resumed_progress_bar_counts_frames_and_times_only_this_run():
+    trainer = SimpleNamespace(progress_bar=True, _pbar=tqdm(total=10_000, file=io.StringIO(), mininterval=0))
+    advance_progress_bar(trainer, 6000, "gradient_steps")
+    time.sleep(0.05)
+    trainer._pbar.update(100)
+    bar = trainer._pbar.format_dict
+    assert (bar["n"], bar["initial"], bar["unit"]) == (6100, 6000, " gradient steps")
+    assert bar["rate"] <= 100 / 0.05, "the rate (and the ETA) must count the 100 steps of this run, not the 6000"
 
 
 def test_direct_write_skips_the_per_output_package_lookup():

@@ -6,7 +6,9 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,7 @@ def test_agent_command_runs_and_records_the_swept_values(path: Path, tmp_path: P
     summary = json.loads((out / "summary.json").read_text())
     recorded = summary["wandb"]
     printed = yaml.safe_load(proc.stdout.split("\n", 1)[1].split("final eval return")[0])
+    assert printed["output_dir"] == str(out)  # the resolved dir, as on the line above it
     overridden = {arg.split("=", 1)[0] for arg in SHORT_RUN}
     for key, value in params.items():
         if key in overridden:
@@ -120,3 +123,17 @@ def test_grid_expansion_matches_the_sweep_size() -> None:
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)
     with pytest.raises(ValueError, match="only grid"):
         grid_points(load(ROOT / "sweeps" / "bayes_halfcheetah.yaml"))
+
+
+def test_sweep_local_says_which_points_it_skips(tmp_path: Path) -> None:
+    study = tmp_path / "beta_study"
+    shutil.copytree(ROOT / "docs" / "beta_study", study)  # the committed results: every point is done
+    proc = subprocess.run(
+        [sys.executable, "scripts/sweep_local.py", "sweeps/grid_beta_seed.yaml", "--out", str(study)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == (
+        f"30 of 30 points already done in {study / 'runs'} (they have a summary.json): skipped; to run them again, "
+        "pass a fresh --out."
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -13,11 +12,9 @@ import torch
 from omegaconf import DictConfig
 from torchrl.envs import EnvBase
 from torchrl.objectives import BCLoss
-from torchrl.record.loggers import CSVLogger, Logger, TensorboardLogger, WandbLogger
 from torchrl.trainers import Trainer
 
 from torchrl_awr.collectors import make_collector  # noqa: F401 - re-exported: builders stay one import
-from torchrl_awr.config import to_flat_dict
 from torchrl_awr.envs import make_env
 from torchrl_awr.errors import one_line
 from torchrl_awr.loss import AWRLoss
@@ -161,43 +158,6 @@ def make_evaluate(
     )
     evaluator.register(trainer)
     return evaluator
-
-
-def make_logger(cfg: DictConfig, output_dir: Path, tags: list[str] | None = None) -> Logger | None:
-    """A :mod:`torchrl.record.loggers` logger; W&B runs offline unless ``logger.mode=online``.
-
-    The W&B config holds every key under its dotted override name (as sweeps name them) and ``tags`` (the
-    command line's ``key=value`` overrides: under a sweep agent, the swept values). The W&B run id is kept in
-    ``output_dir/wandb_id`` so a resumed run logs into the same run.
-    """
-    exp_name = output_dir.name
-    if cfg.logger.backend == "none":
-        return None
-    if cfg.logger.backend == "csv":
-        return CSVLogger(exp_name, log_dir=str(output_dir / "logs"))
-    if cfg.logger.backend == "tensorboard":
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ValueError(
-                "logger.backend=tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'."
-            )
-        return TensorboardLogger(exp_name, log_dir=str(output_dir / "logs"))
-    id_file = output_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = WandbLogger(
-        exp_name,
-        offline=cfg.logger.mode == "offline",
-        save_dir=str(output_dir),
-        id=run_id,
-        project=cfg.logger.project,
-        group=cfg.logger.group or None,
-        mode=cfg.logger.mode,
-        resume="allow",
-        config=to_flat_dict(cfg),
-        tags=[tag[:64] for tag in tags or []],
-        log_env_packages=False,
-    )
-    id_file.write_text(logger.experiment.id)
-    return logger
 
 
 def write_json(path: Path, data: dict) -> None:

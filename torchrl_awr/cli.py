@@ -47,7 +47,9 @@ def run_command(
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     print(f"output dir: {output_dir}", flush=True)
-    print(OmegaConf.to_yaml(cfg), flush=True)
+    shown = cfg.copy()
+    shown.output_dir = str(output_dir)  # the resolved one, not the '' that stands for "a new dir under outputs/"
+    print(OmegaConf.to_yaml(shown), flush=True)
     try:
         summary = run(cfg, output_dir, tags=[arg for arg in argv if not arg.startswith(("resume=", "output_dir="))])
     except ValueError as err:

@@ -37,14 +37,19 @@ def loss_mask_keys(loss: LossModule) -> tuple[NestedKey, ...]:
     return loss._loss_mask_keys()
 
 
-def advance_progress_bar(trainer: Trainer, frames: int) -> None:
-    """Move a resumed trainer's tqdm bar to the frames it already has (torchrl 0.14.1 starts it at 0).
+def advance_progress_bar(trainer: Trainer, frames: int, unit: str = "frames") -> None:
+    """Count a trainer's tqdm bar in ``unit`` (``"frames"``, ``"gradient_steps"``), from the ``frames`` it already
+    has: torchrl 0.14.1 builds it as ``tqdm(total=total_frames)``, counting "it" from 0, so a resumed run's bar took
+    its first batch as all its frames and showed a rate and ETA far off.
 
-    The bar (``Trainer._pbar``) exists only inside :meth:`~torchrl.trainers.Trainer.train`: call this from a
-    ``setup`` hook.
+    The bar starts at ``frames`` as tqdm's ``initial`` (its rate and ETA count only what this run does). It
+    (``Trainer._pbar``) exists only inside :meth:`~torchrl.trainers.Trainer.train`: call this from a ``setup`` hook.
     """
     if trainer.progress_bar:
-        trainer._pbar.update(frames)
+        bar = trainer._pbar
+        bar.unit, bar.unit_scale = f" {unit.replace('_', ' ')}", True
+        bar.initial = bar.n = bar.last_print_n = frames
+        bar.refresh()
 
 
 class DirectWriteModule(TensorDictModule):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gymnasium as gym
 from torchrl.envs import Compose, DoubleToFloat, GymWrapper, RewardSum, StepCounter, TransformedEnv
@@ -23,6 +26,31 @@ def check_env_id(env_name: str) -> None:
     close = difflib.get_close_matches(env_name, list(gym.registry), n=3, cutoff=0.6)
     hint = f"did you mean: {', '.join(close)}?" if close else "see gymnasium.registry for the registered ids."
     raise ValueError(f"unknown env id {env_name!r}; {hint}")
+
+
+# What MuJoCo >= 3.5 says when it compiles gymnasium's half_cheetah.xml (its `<compiler settotalmass="14">`), once per
+# env copy: 37 lines on stdout (and in ./MUJOCO_LOG.TXT) for the default 32 training + 5 evaluation envs. The model is
+# gymnasium's to change; its masses are right as they are.
+MUJOCO_DEPRECATIONS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextmanager
+def mujoco_deprecations_silenced() -> Iterator[None]:
+    """Within this context, MuJoCo's warnings that start with one of :data:`MUJOCO_DEPRECATIONS` are dropped; any
+    other MuJoCo warning becomes a Python ``RuntimeWarning`` (MuJoCo's own handler prints it and appends it to
+    ``./MUJOCO_LOG.TXT``). The previous handler is back after."""
+    import mujoco
+
+    def warn(message: str) -> None:
+        if not message.startswith(MUJOCO_DEPRECATIONS):
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(warn)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def make_env(env_name: str, *, num_envs: int = 1, seed: int | None = None, device: str = "cpu") -> TransformedEnv:
@@ -48,15 +76,16 @@ def make_env(env_name: str, *, num_envs: int = 1, seed: int | None = None, devic
     if num_envs < 1:
         raise ValueError(f"num_envs={num_envs!r}; it must be an integer >= 1.")
     try:
-        if num_envs == 1:
-            base = gym.make(env_name)
-        else:
-            base = gym.make_vec(
-                env_name,
-                num_envs=num_envs,
-                vectorization_mode="sync",
-                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-            )
+        with mujoco_deprecations_silenced():
+            if num_envs == 1:
+                base = gym.make(env_name)
+            else:
+                base = gym.make_vec(
+                    env_name,
+                    num_envs=num_envs,
+                    vectorization_mode="sync",
+                    vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                )
     except gym.error.DependencyNotInstalled as err:
         reason = str(err).strip().splitlines()[0]
         raise ValueError(

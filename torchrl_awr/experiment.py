@@ -33,7 +33,6 @@ from torchrl_awr.builders import (
     make_collector,
     make_eval_env,
     make_evaluate,
-    make_logger,
     make_loss,
     make_optimizers,
     write_json,
@@ -42,6 +41,7 @@ from torchrl_awr.compat import advance_progress_bar
 from torchrl_awr.config import CollectorConfig, load_config
 from torchrl_awr.datasets import PATH_HELP, DatasetError, DatasetIdentity, fit_to_env, load_dataset
 from torchrl_awr.envs import check_env_id, make_env
+from torchrl_awr.loggers import make_logger
 from torchrl_awr.models import UpdateObservationNorm
 from torchrl_awr.monitoring import Evaluate
 from torchrl_awr.targets import TRAJ_KEY
@@ -330,7 +330,7 @@ def run(
         OmegaConf.save(cfg, output_dir / "config.yaml")
     if list((output_dir / "checkpoints").glob("checkpoint-*")):  # resumed (a run killed in pre-training has none)
         trainer.resume(output_dir / "checkpoints")
-    trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames))
+    trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames, trainer.clock.unit))
     if trainer.collected_frames < trainer.total_frames:
         trainer.train()
     else:  # killed after its last checkpoint, before the end: only the final evaluation is left to do
@@ -353,6 +353,7 @@ def run(
     if not math.isfinite(summary["final_eval_return_mean"]):
         raise FloatingPointError("the final evaluation return is not finite")
     if cfg.logger.backend == "wandb":
+        trainer.logger.commit_row()  # the final row, into the summary read below
         wandb_run = trainer.logger.experiment
         wandb_run.summary.update(summary)
         # What W&B itself recorded (its offline files are binary): lets a sweep's user or test check it locally.
