@@ -2,10 +2,11 @@
 
 :func:`run` trains online (``scripts/train_mujoco.py``) or, with ``offline=True``, from a dataset
 (``scripts/train_offline.py``), both built by :func:`build_trainer`. The output directory holds ``config.yaml`` (the
-resolved config), ``eval.csv`` (one row per evaluation), ``checkpoints/``,
-``policy.pt`` (the final actor's state dict, observation normaliser included),
-``summary.json`` and, online with ``buffer.save=true``, ``replay_buffer/`` (the
-final buffer, ``ReplayBuffer.dumps``).
+resolved config), ``eval.csv`` (one row per evaluation), ``checkpoints/``, ``policy.pt`` (the final actor's state
+dict, observation normaliser included), ``value.pt`` (the critic's), ``summary.json``, the logger's files (``logs/``;
+W&B: ``wandb/``, ``wandb_id``, ``wandb_history.jsonl``), online from a dataset ``pretrain/`` (the pre-training stage,
+a whole offline run) and, online with ``buffer.save=true``, ``replay_buffer/`` (the final buffer,
+``ReplayBuffer.dumps``).
 """
 
 from __future__ import annotations
