@@ -157,9 +157,12 @@ class ResumableTrainer(Trainer):
                   flush=True)
         try:
             self.load_from_file(latest)
-        except ResumeRefused:
-            raise
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line error
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, ResumeRefused):  # torchrl wraps what a part raises
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise cause from None
             raise ValueError(f"checkpoint {str(latest)!r} is unreadable: {one_line(err)}") from None
         self.clock.start()
         return latest
