@@ -112,7 +112,7 @@ def test_relabel_never_joins_a_dataset_path_with_an_online_one() -> None:
     dataset = path(5, -1, 1.0)  # the builder's negative ids for dataset paths
     online = TensorDictReplayBuffer(storage=LazyTensorStorage(8))
     online.extend(path(5, 0, 100.0))  # the collector's first trajectory, id 0: it must not follow the dataset's
-    mixed = MixedBuffer(dataset, online)
+    mixed = MixedBuffer(dataset, online, mix="keep")
     mixed()
     relabel(mixed.buffer, loss)
     data = mixed.buffer.storage[:10]
@@ -200,7 +200,7 @@ def test_online_from_an_offline_trained_policy(tmp_path: Path, dataset: Path) ->
         (["env.name=InvertedPendulum-v5"], "observations have shape (3,) but the env observes (4,)"),
         (["dataset.path=/nonexistent/data.hdf5"], "'/nonexistent/data.hdf5'"),
         (["offline.steps=-1"], "offline.steps=-1"),
-        (["dataset.mix=sometimes"], "dataset.mix='sometimes' is not allowed; choose one of keep, anneal, evict"),
+        (["dataset.mix=sometimes"], "dataset.mix='sometimes' is not allowed; choose one of evict, keep, anneal"),
         (["init_policy=/nonexistent/policy.pt"], "init_policy='/nonexistent/policy.pt' does not exist"),
     ],
 )

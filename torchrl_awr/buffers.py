@@ -92,7 +92,7 @@ def make_offline_buffer(
     return buffer
 
 
-MIXES = ("keep", "anneal", "evict")  # dataset.mix
+MIXES = ("evict", "keep", "anneal")  # dataset.mix
 
 
 class MixedBuffer(TrainerHookBase):
@@ -124,7 +124,7 @@ class MixedBuffer(TrainerHookBase):
     """
 
     def __init__(
-        self, dataset: TensorDictBase, online: ReplayBuffer, mix: str = "keep", anneal_frames: int = 500_000
+        self, dataset: TensorDictBase, online: ReplayBuffer, mix: str = "evict", anneal_frames: int = 500_000
     ) -> None:
         if mix not in MIXES:
             raise ValueError(f"dataset.mix={mix!r} is not allowed; choose one of {', '.join(MIXES)}.")

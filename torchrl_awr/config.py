@@ -109,9 +109,9 @@ class DatasetConfig:
     source: str = "buffer"  # buffer (a buffer.save dir) | minari (a local Minari root) | hdf5 (a D4RL-style file)
     path: str = ""  # the run's output dir or its replay_buffer/; the Minari datasets root; the .hdf5 file
     name: str = ""  # source=minari: the dataset id under path (e.g. pendulum/mixed-v0)
-    # online: keep (the dataset beside a FIFO of new data) | anneal (its share to 0 over anneal_frames) | evict
-    # (new data evicts it, as in one FIFO buffer of buffer.size)
-    mix: str = "keep"
+    # online: evict (new data evicts it, as in one FIFO buffer of buffer.size; best measured, BENCHMARKS.md
+    # "Offline to online") | keep (the dataset beside a FIFO of new data) | anneal (its share to 0 over anneal_frames)
+    mix: str = "evict"
     anneal_frames: int = 500_000
 
 

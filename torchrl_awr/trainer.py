@@ -255,8 +255,8 @@ class AWRTrainer(ResumableTrainer):
         frames_per_batch: frames per iteration, for checkpoint intervals (default: the collector's).
         bc_loss: offline, train by behaviour cloning with this loss instead of AWR.
         dataset: online, transitions (TED layout, trajectory ids apart from the collector's) the update reads beside
-            the FIFO buffer, mixed by ``dataset_mix`` (``"keep"``, ``"anneal"`` over ``anneal_frames`` online frames,
-            ``"evict"``; see :class:`~torchrl_awr.buffers.MixedBuffer`). Not checkpointed.
+            the FIFO buffer, mixed by ``dataset_mix`` (``"evict"``, ``"keep"``, ``"anneal"`` over ``anneal_frames``
+            online frames; see :class:`~torchrl_awr.buffers.MixedBuffer`). Not checkpointed.
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_interval: iterations between checkpoints.
         keep_checkpoints: how many checkpoints to keep.
@@ -324,7 +324,7 @@ class AWRTrainer(ResumableTrainer):
         frames_per_batch: int | None = None,
         bc_loss: BCLoss | None = None,
         dataset: TensorDictBase | None = None,
-        dataset_mix: str = "keep",
+        dataset_mix: str = "evict",
         anneal_frames: int = 500_000,
         checkpoint_dir: str | pathlib.Path | None = None,
         checkpoint_interval: int = 10,
