@@ -283,6 +283,26 @@ def test_divergence_is_one_line_and_keeps_checkpoints(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_sigterm_before_training_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while the run is being built (before training and its own handler): one line, exit 143."""
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    out = tmp_path / "building"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "env.name=HalfCheetah-v5", f"output_dir={out}", *FAST],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith("output dir:")  # resolved: the run is being built now
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("train_mujoco.py: interrupted (SIGTERM)"), stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_before_the_first_checkpoint_saves_one_and_resume_works(
     tmp_path: Path, signum: int, monkeypatch: pytest.MonkeyPatch

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,11 +49,21 @@ def run_command(
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    print(f"output dir: {output_dir}", flush=True)
-    shown = cfg.copy()
-    shown.output_dir = str(output_dir)  # the resolved one, not the '' that stands for "a new dir under outputs/"
-    print(OmegaConf.to_yaml(shown), flush=True)
+    stopped_by = signal.SIGINT
+
+    def stop_outside_training(signum: int, frame: FrameType | None) -> None:
+        """SIGTERM while building or finishing (training has its own handler): the same one line as Ctrl-C."""
+        nonlocal stopped_by
+        stopped_by = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, stop_outside_training) if main_thread else None
     try:
+        print(f"output dir: {output_dir}", flush=True)
+        shown = cfg.copy()
+        shown.output_dir = str(output_dir)  # the resolved one, not the '' that stands for "a new dir under outputs/"
+        print(OmegaConf.to_yaml(shown), flush=True)
         summary = run(cfg, output_dir, tags=[arg for arg in argv if not arg.startswith(("resume=", "output_dir="))])
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -62,11 +75,11 @@ def run_command(
         print(f"\n{prog}: interrupted ({stop}), checkpoint saved; continue with: {resume_command(output_dir)}",
               file=sys.stderr)
         return 128 + stop.signum
-    except KeyboardInterrupt:  # before training began
-        saved = list((output_dir / "checkpoints").glob("checkpoint-*"))
+    except KeyboardInterrupt:  # outside training: before it began, or after its last checkpoint
+        saved = list(output_dir.glob("checkpoints/checkpoint-*")) or list(output_dir.glob("pretrain/checkpoints/*"))
         then = f"continue with: {resume_command(output_dir)}" if saved else "nothing saved yet; start it again"
-        print(f"\n{prog}: interrupted; {then}", file=sys.stderr)
-        return 130
+        print(f"\n{prog}: interrupted ({stopped_by.name}); {then}", file=sys.stderr)
+        return 128 + stopped_by
     except FloatingPointError as err:
         print(
             f"{prog}: error: training diverged ({str(err).rstrip('.')}); checkpoints from before it are in "
@@ -74,6 +87,9 @@ def run_command(
             file=sys.stderr,
         )
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     unit = "gradient_steps" if "gradient_steps" in summary else "frames"
     print(
         f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f} "
