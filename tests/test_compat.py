@@ -82,3 +82,22 @@ def test_minari_replay_still_stores_with_memmap_like():
     with memmap_like_keeps_content():
         assert td.memmap_like().get("x").sum() == 3
     assert td.memmap_like().get("x").sum() == 0  # restored
+
+
+def test_observation_norm_still_branches_on_a_tensor_buffer():
+    from torchrl.envs import ObservationNorm
+
+    from torchrl_awr.compat import StateNorm
+
+    assert "standard_normal" in inspect.getsource(ObservationNorm._apply_transform), (
+        "ObservationNorm._apply_transform no longer branches on standard_normal: StateNorm may go"
+    )
+    norm = StateNorm(loc=torch.tensor([1.0, 2.0]), scale=torch.tensor([2.0, 4.0]), in_keys=["observation"])
+    torch.testing.assert_close(norm._apply_transform(torch.tensor([3.0, 6.0])), torch.tensor([1.0, 1.0]))
+
+
+def test_ray_local_address_helper_still_exists():
+    import pytest
+
+    services = pytest.importorskip("ray._private.services", reason="ray is not installed (pip install -e '.[ray]')")
+    assert hasattr(services, "canonicalize_bootstrap_address"), "Ray moved it: update compat.ray_local_address"

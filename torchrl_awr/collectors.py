@@ -28,6 +28,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase
 
+from torchrl_awr.compat import ray_local_address
 from torchrl_awr.envs import make_env
 from torchrl_awr.errors import one_line
 
@@ -174,12 +175,7 @@ def _find_local_cluster() -> str | None:
     """``RAY_ADDRESS`` or the address the last ``ray start`` on this machine recorded, as ``ray.init`` finds it."""
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        return canonicalize_bootstrap_address("auto")
-    except Exception:  # noqa: BLE001 - no cluster, or a Ray version without this helper: nothing found
-        return None
+    return ray_local_address()
 
 
 def connect_ray(address: str, num_workers: int) -> float:

@@ -15,6 +15,7 @@ from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.data import ReplayBuffer
+from torchrl.envs import ObservationNorm
 from torchrl.objectives import LossModule
 from torchrl.trainers import Trainer
 
@@ -70,6 +71,29 @@ class DirectWriteModule(TensorDictModule):
             if key != "_":
                 tensordict.set(key, tensor)
         return tensordict
+
+
+class StateNorm(ObservationNorm):
+    """A standardising :class:`~torchrl.envs.ObservationNorm`, ``(obs − loc) / scale``, with no data-dependent branch.
+
+    torchrl 0.14.1's ``ObservationNorm._apply_transform`` keeps ``standard_normal`` as a tensor buffer and branches on
+    it in every call: a GPU→CPU sync, which a CUDA-graph capture refuses and which breaks a :func:`torch.compile`
+    graph. State dicts are the parent's.
+    """
+
+    def _apply_transform(self, obs: Tensor) -> Tensor:
+        return (obs - self.loc) / self.scale
+
+
+def ray_local_address() -> str | None:
+    """The address of the Ray cluster ``ray start`` left on this machine (what ``ray.init(address="auto")`` joins),
+    or ``None``: Ray 2.x has no public call for it (``ray._private.services.canonicalize_bootstrap_address``)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except Exception:  # noqa: BLE001 - no cluster, or a Ray version without this helper: nothing found
+        return None
 
 
 @contextmanager

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import gymnasium as gym
 from torchrl.envs import Compose, DoubleToFloat, GymWrapper, RewardSum, StepCounter, TransformedEnv
 
+from torchrl_awr.errors import one_line
+
 
 def check_env_id(env_name: str) -> None:
     """Raise a one-line ``ValueError`` for an id gymnasium does not know, with the closest ids.
@@ -87,9 +89,8 @@ def make_env(env_name: str, *, num_envs: int = 1, seed: int | None = None, devic
                     vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
                 )
     except gym.error.DependencyNotInstalled as err:
-        reason = str(err).strip().splitlines()[0]
         raise ValueError(
-            f"env.name={env_name!r} needs a package that is not installed ({reason}); Box2D tasks: "
+            f"env.name={env_name!r} needs a package that is not installed ({one_line(err)}); Box2D tasks: "
             "pip install -e '.[box2d]' (make install does)."
         ) from err
     space = getattr(base, "single_observation_space", base.observation_space)

@@ -30,20 +30,9 @@ from torchrl.modules.distributions import TanhNormal
 from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_awr.buffers import valid_transitions
-from torchrl_awr.compat import DirectWriteModule
+from torchrl_awr.compat import DirectWriteModule, StateNorm
 
 NORM_KEY = "observation_norm"
-
-
-class StateNorm(ObservationNorm):
-    """A standardising :class:`~torchrl.envs.ObservationNorm`, ``(obs − loc) / scale``, with no data-dependent branch.
-
-    The parent keeps ``standard_normal`` as a tensor buffer and branches on it in every call: a GPU→CPU sync,
-    which a CUDA-graph capture refuses and which breaks a :func:`torch.compile` graph. State dicts are the parent's.
-    """
-
-    def _apply_transform(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.loc) / self.scale
 
 
 def make_observation_norm(observation_size: int, observation_key: str = "observation") -> ObservationNorm:

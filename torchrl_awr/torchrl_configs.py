@@ -33,8 +33,9 @@ from torchrl.record.loggers import Logger
 from torchrl.trainers.algorithms.configs.objectives import LossConfig
 from torchrl.trainers.algorithms.configs.trainers import TrainerConfig
 
+from torchrl_awr.compat import StateNorm
 from torchrl_awr.loss import AWRLoss
-from torchrl_awr.models import StateNorm, make_awr_networks
+from torchrl_awr.models import make_awr_networks
 from torchrl_awr.trainer import AWRTrainer
 
 
