@@ -19,7 +19,8 @@ from types import FrameType
 from omegaconf import DictConfig, OmegaConf
 
 from torchrl_awr.config import help_text
-from torchrl_awr.experiment import Finished
+from torchrl_awr.experiment import PRETRAIN_DIR, Finished
+from torchrl_awr.integrity import has_checkpoint
 from torchrl_awr.trainer import Interrupted
 
 
@@ -76,7 +77,7 @@ def run_command(
               file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:  # outside training: before it began, or after its last checkpoint
-        saved = list(output_dir.glob("checkpoints/checkpoint-*")) or list(output_dir.glob("pretrain/checkpoints/*"))
+        saved = has_checkpoint(output_dir / "checkpoints") or has_checkpoint(output_dir / PRETRAIN_DIR / "checkpoints")
         then = f"continue with: {resume_command(output_dir)}" if saved else "nothing saved yet; start it again"
         print(f"\n{prog}: interrupted ({stopped_by.name}); {then}", file=sys.stderr)
         return 128 + stopped_by

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchrl.envs import ObservationNorm
 
 from torchrl_awr.buffers import make_offline_buffer, make_replay_buffer
 from torchrl_awr.builders import (
@@ -42,8 +41,9 @@ from torchrl_awr.compat import advance_progress_bar
 from torchrl_awr.config import CollectorConfig, load_config
 from torchrl_awr.datasets import PATH_HELP, DatasetError, DatasetIdentity, fit_to_env, load_dataset
 from torchrl_awr.envs import check_env_id, make_env
+from torchrl_awr.integrity import has_checkpoint
 from torchrl_awr.loggers import make_logger
-from torchrl_awr.models import UpdateObservationNorm
+from torchrl_awr.models import UpdateObservationNorm, observation_norm_of
 from torchrl_awr.monitoring import Evaluate
 from torchrl_awr.targets import TRAJ_KEY
 from torchrl_awr.trainer import AWRTrainer
@@ -92,7 +92,7 @@ def resolve_run(overrides: list[str], *, offline: bool = False) -> tuple[DictCon
             base = OmegaConf.load(saved)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
             raise ValueError(f"resume={cfg.resume!r}: config.yaml is unreadable ({type(err).__name__}).") from None
-        if not list((run_dir / "checkpoints").glob("checkpoint-*")) and not (run_dir / PRETRAIN_DIR).is_dir():
+        if not has_checkpoint(run_dir / "checkpoints") and not (run_dir / PRETRAIN_DIR).is_dir():
             raise ValueError(
                 f"resume={cfg.resume!r}: no checkpoint in {str(run_dir / 'checkpoints')!r} to resume from."
             )
@@ -223,7 +223,7 @@ def build_trainer(
                 f"the dataset holds {data.shape[0]} transitions, fewer than optim.batch_size={cfg.optim.batch_size}."
             )
     loss = make_loss(cfg, env)
-    norm = next(m for m in loss.actor_network.modules() if isinstance(m, ObservationNorm))
+    norm = observation_norm_of(loss.actor_network)
     if init_policy:
         load_init_policy(loss, init_policy, cfg.env.name)
     elif data is not None:
@@ -287,7 +287,7 @@ def pretrain(cfg: DictConfig, output_dir: Path, progress_bar: bool = True, tags:
     if not (stage_dir / "summary.json").is_file():
         stage = cfg.copy()
         stage.output_dir = str(stage_dir)
-        stage.resume = str(stage_dir) if list((stage_dir / "checkpoints").glob("checkpoint-*")) else ""
+        stage.resume = str(stage_dir) if has_checkpoint(stage_dir / "checkpoints") else ""
         run(stage, stage_dir, progress_bar, tags, offline=True)
     return stage_dir / "policy.pt"
 
@@ -329,7 +329,7 @@ def run(
     )
     if not cfg.resume:  # only once the build worked: a start that failed leaves no run behind to be refused
         OmegaConf.save(cfg, output_dir / "config.yaml")
-    if list((output_dir / "checkpoints").glob("checkpoint-*")):  # resumed (a run killed in pre-training has none)
+    if has_checkpoint(output_dir / "checkpoints"):  # resumed (a run killed in pre-training has none)
         trainer.resume(output_dir / "checkpoints")
     trainer.register_op("setup", lambda: advance_progress_bar(trainer, trainer.collected_frames, trainer.clock.unit))
     if trainer.collected_frames < trainer.total_frames:

@@ -68,6 +68,12 @@ def damage(checkpoint: Path) -> str | None:
     return None
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a published checkpoint (``checkpoint-*``; a killed save's temporary siblings
+    do not count)."""
+    return any(directory.glob("checkpoint-*"))
+
+
 def remove_stale(directory: Path) -> list[Path]:
     """Remove the temporary directories and files a killed save left in ``directory``; returns them."""
     stale = [p for p in directory.glob(".*") if any(m in p.name for m in STALE_MARKERS)] if directory.is_dir() else []

@@ -35,6 +35,12 @@ from torchrl_awr.compat import DirectWriteModule, StateNorm
 NORM_KEY = "observation_norm"
 
 
+def observation_norm_of(network: nn.Module) -> ObservationNorm | None:
+    """The (first) :class:`~torchrl.envs.ObservationNorm` inside ``network``, or ``None``: the shared state
+    normaliser of the AWR networks."""
+    return next((m for m in network.modules() if isinstance(m, ObservationNorm)), None)
+
+
 def make_observation_norm(observation_size: int, observation_key: str = "observation") -> ObservationNorm:
     """An identity :class:`~torchrl.envs.ObservationNorm` for in-network state normalisation.
 

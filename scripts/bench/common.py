@@ -21,9 +21,9 @@ import torch
 import torchrl
 from omegaconf import DictConfig
 from torch import nn
-from torchrl.envs import ObservationNorm
 
 from torchrl_awr.config import load_config
+from torchrl_awr.models import observation_norm_of
 
 from .plain import Args, PlainAWR
 
@@ -130,20 +130,13 @@ def plain_args(cfg: DictConfig, out: str = "") -> Args:
     )
 
 
-def find_observation_norm(module: nn.Module) -> ObservationNorm:
-    for sub in module.modules():
-        if isinstance(sub, ObservationNorm):
-            return sub
-    raise RuntimeError("no ObservationNorm inside the network")
-
-
 def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
 def plain_copy(loss: nn.Module, cfg: DictConfig, low: torch.Tensor, high: torch.Tensor) -> PlainAWR:
     """A :class:`~bench.plain.PlainAWR` holding our loss's weights and normaliser statistics."""
-    norm = find_observation_norm(loss.actor_network)
+    norm = observation_norm_of(loss.actor_network)
     plain = PlainAWR(plain_args(cfg), norm.loc.shape[-1], low, high)
     plain.loc, plain.scale = norm.loc.detach().clone(), norm.scale.detach().clone()
     for ours, theirs in ((loss.actor_network, plain.actor), (loss.value_network, plain.critic)):

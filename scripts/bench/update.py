@@ -18,6 +18,7 @@ from torchrl.data import ReplayBuffer
 from torchrl_awr import AWRLoss, make_env, relabel
 from torchrl_awr.buffers import make_replay_buffer
 from torchrl_awr.builders import make_loss, make_optimizers
+from torchrl_awr.models import observation_norm_of
 from torchrl_awr.update import AWRUpdate, shuffled_indices
 
 from .common import (
@@ -25,7 +26,6 @@ from .common import (
     Row,
     Section,
     base_config,
-    find_observation_norm,
     interleaved,
     paired,
     plain_copy,
@@ -68,7 +68,7 @@ def synthetic_learner(cfg: DictConfig, tmpdir: Path) -> SyntheticLearner:
     gen = torch.Generator().manual_seed(0)
     n = BUFFER_SIZE
     obs = torch.randn(n, obs_dim, generator=gen) * 2 + 0.5
-    norm = find_observation_norm(loss.actor_network)
+    norm = observation_norm_of(loss.actor_network)
     norm.loc.copy_(obs.mean(0))
     norm.scale.copy_(obs.std(0))
     keys = loss.tensor_keys
