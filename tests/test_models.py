@@ -9,9 +9,9 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, set_interaction_type
 from torch import nn
-from torchrl.data import Bounded, Categorical, Composite, OneHot
+from torchrl.data import Bounded, Categorical, Composite, OneHot, Unbounded
 
-from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value, make_observation_norm
+from torchrl_awr import AWRLoss, make_awr_actor, make_awr_networks, make_awr_value, make_observation_norm
 
 OBS = 4
 
@@ -95,6 +95,18 @@ def test_output_layer_initialisation_and_default_hidden_sizes():
     assert [(lin.in_features, lin.out_features) for lin in clayers] == [(OBS, 16), (16, 2)]
     assert 0.01 < clayers[-1].weight.abs().max() <= 0.5
     assert all(isinstance(m, nn.ReLU) for m in custom.modules() if isinstance(m, (nn.ReLU, nn.Tanh, nn.ELU)))
+
+
+def test_layer_norm_and_activation_in_every_hidden_layer_of_both_networks():
+    actor, value = make_awr_networks(Unbounded(OBS), Bounded(-1.0, 1.0, shape=(3,)), hidden_sizes=(16, 8),
+                                     layer_norm=True, activation="elu")
+    for net in (actor, value):
+        kinds = [type(m) for m in net.modules() if isinstance(m, (nn.Linear, nn.LayerNorm, nn.ELU, nn.ReLU))]
+        assert kinds == [nn.Linear, nn.LayerNorm, nn.ELU, nn.Linear, nn.LayerNorm, nn.ELU, nn.Linear]
+        assert [m.normalized_shape for m in net.modules() if isinstance(m, nn.LayerNorm)] == [(16,), (8,)]
+    assert actor(obs_td(4))["action"].shape == (4, 3)
+    with pytest.raises(ValueError, match="activation='gelu'; allowed: relu, elu, tanh"):
+        make_awr_value(OBS, activation="gelu")
 
 
 def test_initial_policy_mean_is_near_the_middle_of_the_bounds():

@@ -159,16 +159,19 @@ def test_regression_phase_cudagraphs_needs_cuda():
 def awr_phases(device: str, optimizer: str, actor: str = "gaussian", steps: int = 12, **kwargs):
     """Both AWR phases on a fixed HalfCheetah-sized buffer (128 transitions), built identically for each call.
 
-    ``actor``: ``"gaussian"`` (fixed std, the original), ``"learned_std"`` or ``"discrete"`` (one-hot, 4 actions).
+    ``actor``: ``"gaussian"`` (fixed std, the original), ``"learned_std"``, ``"discrete"`` (one-hot, 4 actions) or
+    ``"layer_norm"`` (fixed std; actor and critic with LayerNorm and ELU).
     """
     torch.manual_seed(0)
     n, discrete = 128, actor == "discrete"
     action_spec = OneHot(4) if discrete else Bounded(-1.0, 1.0, shape=(6,))
     norm = make_observation_norm(17)
+    layers = {"hidden_sizes": (32, 16), "observation_norm": norm}
+    if actor == "layer_norm":
+        layers.update(layer_norm=True, activation="elu")
     loss = AWRLoss(
-        make_awr_actor(17, action_spec, hidden_sizes=(32, 16), observation_norm=norm,
-                       learn_std=actor == "learned_std"),
-        make_awr_value(17, hidden_sizes=(32, 16), observation_norm=norm),
+        make_awr_actor(17, action_spec, learn_std=actor == "learned_std", **layers),
+        make_awr_value(17, **layers),
         action_bound_penalty=0.0 if discrete else 10.0,
         action_spec=None if discrete else action_spec,
     ).to(device)
@@ -220,7 +223,22 @@ def assert_same_updates(ours, eager, rtol: float, atol: float):
             assert got[key] == pytest.approx(want[key], rel=rtol * 10, abs=atol * 10), key
 
 
-@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "discrete"])
+def test_eager_phase_checks_its_data_once_not_every_step():
+    """The phase checks its buffer at load; the loss's own finiteness check (a host sync per entry and call) is
+    skipped for its minibatches, and applies again outside the phase."""
+    loss, critic, actor = awr_phases("cpu", "sgd", steps=20)
+    with torch.profiler.profile() as prof:
+        critic()
+        actor()
+    calls = sum(1 for e in prof.events() if e.name == "aten::isfinite")
+    assert calls == len(critic.keys) + len(actor.keys)  # one per key and phase, none per step (were 60 more)
+    bad = actor.replay_buffer.storage[:4].clone()
+    bad["advantage"][0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite value nan in 'advantage'"):
+        loss.actor_loss(bad)
+
+
+@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "discrete", "layer_norm"])
 def test_compiled_sgd_update_matches_eager(actor):
     eager = run_phases("cpu", actor=actor)
     moved = {k: v for k, v in awr_phases("cpu", "sgd", actor=actor)[0].named_parameters()}
@@ -228,7 +246,7 @@ def test_compiled_sgd_update_matches_eager(actor):
     assert_same_updates(run_phases("cpu", actor=actor, compile=True), eager, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("actor", ["gaussian", "learned_std"])
+@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "layer_norm"])
 def test_compiled_adam_update_matches_eager(actor):
     """Two rounds of 3 steps: Adam divides by the root of tiny second moments, so float rounding differences
     between two correct implementations grow over many steps; a few steps compare the update rule itself."""

@@ -4,7 +4,7 @@ from torchrl_awr.buffers import make_offline_buffer
 from torchrl_awr.config import AWRConfig, load_config
 from torchrl_awr.datasets import DatasetError, load_dataset
 from torchrl_awr.envs import make_env
-from torchrl_awr.loss import AWRLoss, awr_weights
+from torchrl_awr.loss import AWRLoss, awr_weights, inputs_checked
 from torchrl_awr.models import (
     UpdateObservationNorm,
     make_awr_actor,
@@ -30,6 +30,7 @@ __all__ = [
     "RegressionPhase",
     "UpdateObservationNorm",
     "awr_weights",
+    "inputs_checked",
     "load_config",
     "load_dataset",
     "make_awr_actor",

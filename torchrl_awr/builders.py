@@ -59,6 +59,8 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
         obs_spec,
         action_spec,
         hidden_sizes=cfg.model.hidden_sizes,
+        activation=cfg.model.activation,
+        layer_norm=cfg.model.layer_norm,
         action_std=cfg.model.action_std,
         learn_std=cfg.model.learn_std,
         value_scale=value_scale,

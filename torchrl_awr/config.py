@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torchrl_awr.buffers import MIXES
 from torchrl_awr.collectors import BACKENDS
 from torchrl_awr.datasets import SOURCES
+from torchrl_awr.models import ACTIVATIONS
 from torchrl_awr.update import RELABEL
 
 
@@ -49,6 +50,8 @@ class BufferConfig:
 @dataclass
 class ModelConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    activation: str = "relu"  # relu (the original) | elu | tanh, in actor and critic
+    layer_norm: bool = False  # a LayerNorm after each hidden linear layer of actor and critic
     action_std: float = 0.2
     learn_std: bool = False
     normalizer_samples: int = 100_000
@@ -177,6 +180,7 @@ CHOICES = {
     "recipe": tuple(RECIPES),
     "buffer.storage": ("tensor", "memmap"),
     "optim.optimizer": ("sgd", "adam"),
+    "model.activation": tuple(ACTIVATIONS),
     "logger.backend": ("wandb", "csv", "tensorboard", "none"),
     "logger.mode": ("offline", "online", "disabled"),
     "device": ("cpu", "cuda", "auto"),

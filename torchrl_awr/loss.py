@@ -11,8 +11,11 @@ paper states them:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -140,9 +143,44 @@ def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
         raise ValueError(f"AWRLoss: {name}={value!r} is invalid; it must be a finite number {bound}.")
 
 
+_INPUTS_CHECKED = contextvars.ContextVar("awr_inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Within it, :class:`AWRLoss` skips its per-call check that batch entries are finite.
+
+    For a caller that has checked its data itself: :class:`~torchrl_awr.RegressionPhase` checks its whole phase
+    buffer once per phase, so each of its minibatch steps need not (the check costs a host sync per entry).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+        >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
+        >>> batch = TensorDict(observation=torch.randn(4, 3), value_target=torch.full((4, 1), float("nan")),
+        ...                    batch_size=[4])
+        >>> loss.value_loss(batch)
+        Traceback (most recent call last):
+        ...
+        ValueError: AWRLoss: non-finite value nan in 'value_target'; the batch must hold finite numbers only.
+        >>> with inputs_checked():
+        ...     loss.value_loss(batch)[0].isnan().item()
+        True
+    """
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
+
+
 def _check_finite(tensor: Tensor, key: NestedKey, mask: Tensor | None = None) -> None:
-    if torch.compiler.is_compiling() or (tensor.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return  # no data-dependent branch in a compiled or CUDA-graph-captured step: RegressionPhase checks its data
+    if torch.compiler.is_compiling() or _INPUTS_CHECKED.get():
+        return  # no data-dependent branch in a compiled step (RegressionPhase checks its data); or checked
+    if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # nor in a CUDA-graph-captured step
     if not tensor.is_floating_point():
         return
     bad_entries = ~torch.isfinite(tensor)

@@ -33,6 +33,8 @@ from torchrl_awr.buffers import valid_transitions
 from torchrl_awr.compat import DirectWriteModule, StateNorm
 
 NORM_KEY = "observation_norm"
+# hidden-layer activations a builder accepts by name (the original: ReLU)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
 
 def observation_norm_of(network: nn.Module) -> ObservationNorm | None:
@@ -122,12 +124,24 @@ def _size(spec_or_size: TensorSpec | int, key: str) -> int:
     return int(spec_or_size.shape[-1])
 
 
-def _mlp(in_features: int, out_features: int, hidden_sizes: Sequence[int], init_output_scale: float | None) -> MLP:
+def _mlp(
+    in_features: int,
+    out_features: int,
+    hidden_sizes: Sequence[int],
+    init_output_scale: float | None,
+    activation: str = "relu",
+    layer_norm: bool = False,
+) -> MLP:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}; allowed: {', '.join(ACTIVATIONS)}.")
     net = MLP(
         in_features=in_features,
         out_features=out_features,
         num_cells=list(hidden_sizes),
-        activation_class=nn.ReLU,
+        activation_class=ACTIVATIONS[activation],
+        # Linear -> LayerNorm -> activation in each hidden layer
+        norm_class=nn.LayerNorm if layer_norm else None,
+        norm_kwargs=[{"normalized_shape": width} for width in hidden_sizes] if layer_norm else None,
     )
     if init_output_scale is not None:  # the original: output layer uniform in ±scale, bias 0
         nn.init.uniform_(net[-1].weight, -init_output_scale, init_output_scale)
@@ -171,6 +185,8 @@ def make_awr_actor(
     action_spec: TensorSpec,
     *,
     hidden_sizes: Sequence[int] = (128, 64),
+    activation: str = "relu",
+    layer_norm: bool = False,
     action_std: float = 0.4,
     learn_std: bool = False,
     tanh: bool = False,
@@ -193,6 +209,8 @@ def make_awr_actor(
 
     Keyword Args:
         hidden_sizes: hidden layer widths. Defaults to ``(128, 64)``.
+        activation: hidden-layer activation, one of ``ACTIVATIONS``. Defaults to ``"relu"`` (the original).
+        layer_norm: a LayerNorm after each hidden linear layer, before its activation. Defaults to ``False``.
         action_std: Gaussian std in normalised action units. Defaults to ``0.4``.
         learn_std: learn a state-independent std. Defaults to ``False``.
         tanh: TanhNormal instead of a Gaussian. Defaults to ``False``.
@@ -216,7 +234,7 @@ def make_awr_actor(
         action_spec = action_spec["action"]
     discrete = isinstance(action_spec, (OneHot, Categorical))
     if discrete:
-        net = _mlp(obs_size, action_spec.space.n, hidden_sizes, init_output_scale)
+        net = _mlp(obs_size, action_spec.space.n, hidden_sizes, init_output_scale, activation, layer_norm)
         head = DirectWriteModule(net, in_keys=[NORM_KEY], out_keys=["logits"])
         dist_class = OneHotCategorical if isinstance(action_spec, OneHot) else CategoricalDist
         dist_kwargs: dict = {}
@@ -228,7 +246,7 @@ def make_awr_actor(
         if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
             raise ValueError(f"make_awr_actor: action bounds must be finite, got low={low}, high={high}.")
         action_size = int(action_spec.shape[-1])
-        net = _mlp(obs_size, action_size, hidden_sizes, init_output_scale)
+        net = _mlp(obs_size, action_size, hidden_sizes, init_output_scale, activation, layer_norm)
         scale = AddStateIndependentNormalScale(
             action_size, scale_mapping="exp", init_value=math.log(action_std), make_param=learn_std
         )
@@ -255,12 +273,15 @@ def make_awr_value(
     observation_spec: TensorSpec | int,
     *,
     hidden_sizes: Sequence[int] = (128, 64),
+    activation: str = "relu",
+    layer_norm: bool = False,
     value_scale: float = 1.0,
     observation_norm: ObservationNorm | None = None,
     observation_key: str = "observation",
 ) -> TensorDictSequential:
     """The AWR critic V(s): ReLU MLP (128, 64) writing ``"state_value"``.
 
+    ``hidden_sizes``, ``activation`` and ``layer_norm`` as in :func:`make_awr_actor`.
     ``value_scale`` multiplies the network output: the original predicts values
     in units of ``1/(1-γ)`` (pair it with ``AWRLoss(value_scale=...)``).
 
@@ -274,7 +295,7 @@ def make_awr_value(
     obs_size = _size(observation_spec, observation_key)
     if observation_norm is None:
         observation_norm = make_observation_norm(obs_size, observation_key)
-    net: nn.Module = _mlp(obs_size, 1, hidden_sizes, None)
+    net: nn.Module = _mlp(obs_size, 1, hidden_sizes, None, activation, layer_norm)
     if value_scale != 1.0:
         net = nn.Sequential(net, _Scale(value_scale))
     return TensorDictSequential(observation_norm, DirectWriteModule(net, in_keys=[NORM_KEY], out_keys=["state_value"]))
@@ -285,11 +306,15 @@ def make_awr_networks(
     action_spec: TensorSpec,
     *,
     hidden_sizes: Sequence[int] = (128, 64),
+    activation: str = "relu",
+    layer_norm: bool = False,
     action_std: float = 0.4,
     learn_std: bool = False,
     value_scale: float = 1.0,
 ) -> tuple[ProbabilisticTensorDictSequential, TensorDictSequential]:
     """``(actor, critic)`` for one env's unbatched specs, sharing one observation normaliser.
+
+    The keyword arguments are those of :func:`make_awr_actor` and :func:`make_awr_value`.
 
     Examples:
         >>> from torchrl.data import Bounded, Unbounded
@@ -302,11 +327,20 @@ def make_awr_networks(
         observation_spec,
         action_spec,
         hidden_sizes=hidden_sizes,
+        activation=activation,
+        layer_norm=layer_norm,
         action_std=action_std,
         learn_std=learn_std,
         observation_norm=norm,
     )
-    value = make_awr_value(observation_spec, hidden_sizes=hidden_sizes, value_scale=value_scale, observation_norm=norm)
+    value = make_awr_value(
+        observation_spec,
+        hidden_sizes=hidden_sizes,
+        activation=activation,
+        layer_norm=layer_norm,
+        value_scale=value_scale,
+        observation_norm=norm,
+    )
     return actor, value
 
 

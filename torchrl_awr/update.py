@@ -34,7 +34,7 @@ from torchrl.objectives import BCLoss
 from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_awr.errors import one_line
-from torchrl_awr.loss import AWRLoss
+from torchrl_awr.loss import AWRLoss, inputs_checked
 from torchrl_awr.targets import chronological_indices, refresh_advantages, relabel
 
 LossFn = Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]]
@@ -380,14 +380,15 @@ class RegressionPhase(LoggedUpdate):
         if self._totals is not None:
             torch._foreach_zero_(list(self._totals.values()))
         indices = shuffled_indices(n, self.batch_size, self.steps, self.device)
-        for index in indices:  # until a step has run this phase's graph with its guards checked
-            self._update(index)
-            if self.compiled and self._graph_ready:
-                break
-        # Nothing the guards check changes within a phase: the other steps skip them (~15% of a CPU step).
-        with torch.compiler.set_stance(skip_guard_eval_unsafe=self.compiled):
-            for index in indices:
+        with inputs_checked():  # _load checked the phase buffer: the loss need not check each minibatch
+            for index in indices:  # until a step has run this phase's graph with its guards checked
                 self._update(index)
+                if self.compiled and self._graph_ready:
+                    break
+            # Nothing the guards check changes within a phase: the other steps skip them (~15% of a CPU step).
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=self.compiled):
+                for index in indices:
+                    self._update(index)
         names = list(self._totals)
         means = (torch.stack([self._totals[k].float() for k in names]) / self.steps).tolist()  # one sync per phase
         metrics = {f"{self.name}/{k}": v for k, v in zip(names, means, strict=True)}
