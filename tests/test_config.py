@@ -24,6 +24,7 @@ def test_defaults_are_the_tuned_recipe_compiled_on_one_thread():
     # HalfCheetah's tuned entry on top of its preset (BENCHMARKS.md "A tuned recipe")
     assert (cfg.optim.optimizer, cfg.optim.actor_lr, cfg.optim.critic_lr) == ("adam", 1e-4, 1e-3)
     assert (cfg.loss.beta, cfg.buffer.size) == (0.5, 25_000)
+    assert (cfg.model.layer_norm, cfg.model.activation) == (True, "elu")  # BENCHMARKS.md "LayerNorm and ELU"
 
 
 def test_recipe_original_is_the_original_awr_settings():
@@ -120,6 +121,7 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     assert cfg.model.action_std == pytest.approx(0.4)  # the rest of the task preset still applies
     assert cfg.model.normalizer_samples == 300_000
     assert cfg.buffer.size == 50_000
+    assert (cfg.model.layer_norm, cfg.model.activation) == (True, "elu")
     cheetah = load_config(["recipe=tuned"])
     assert (cheetah.optim.optimizer, cheetah.loss.beta, cheetah.buffer.size) == ("adam", pytest.approx(0.5), 25_000)
     hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])  # Hopper's own entry: the original's SGD, β = 1
@@ -129,10 +131,12 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
         pytest.approx(1e-2),
         pytest.approx(1.0),
     )
+    assert (hopper.model.layer_norm, hopper.model.activation) == (False, "relu")  # LayerNorm and ELU lost there
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
     original = load_config(["env.name=Walker2d-v5", "recipe=original"])
     assert original.recipe == "original"
+    assert (original.model.layer_norm, original.model.activation) == (False, "relu")
     assert (original.optim.optimizer, original.loss.beta) == ("sgd", pytest.approx(1.0))
     assert original.optim.actor_lr == pytest.approx(2.5e-5)
 
