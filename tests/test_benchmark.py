@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark's package, as scripts/benchmark.py imports it
 
-from bench.common import linears, plain_copy  # noqa: E402
+from bench.common import layers_with_weights, linears, plain_copy  # noqa: E402
 from bench.plain import td_lambda  # noqa: E402
 from bench.update import synthetic_learner  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
@@ -124,7 +124,7 @@ def test_end_to_end_section_runs_both_loops(tmp_path: Path) -> None:
     "overrides",
     [
         ["env.name=HalfCheetah-v5", "loss.normalize_advantage=batch"],  # the update section: per minibatch
-        ["env.name=HalfCheetah-v5"],  # the defaults: advantages standardised over the buffer, before the loss
+        ["env.name=HalfCheetah-v5"],  # the defaults: LayerNorm and ELU, advantages standardised over the buffer
         ["env.name=HalfCheetah-v5", "recipe=original"],  # SGD, action_std 0.4, beta 1
         ["env.name=Pendulum-v1", "loss.normalize_advantage=batch"],  # action bounds of ±2: the mean is rescaled
     ],
@@ -160,7 +160,7 @@ def test_plain_baseline_computes_our_losses_and_gradients(tmp_path: Path, overri
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
         ours.backward()
         theirs.backward()
-        for our_layer, plain_layer in zip(linears(our_net), linears(plain_net), strict=True):
+        for our_layer, plain_layer in zip(layers_with_weights(our_net), layers_with_weights(plain_net), strict=True):
             torch.testing.assert_close(our_layer.weight.grad, plain_layer.weight.grad, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(our_layer.bias.grad, plain_layer.bias.grad, rtol=1e-4, atol=1e-6)
 

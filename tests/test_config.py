@@ -132,6 +132,8 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
         pytest.approx(1.0),
     )
     assert (hopper.model.layer_norm, hopper.model.activation) == (False, "relu")  # LayerNorm and ELU lost there
+    lander = load_config(["env.name=LunarLander-v3", "recipe=tuned"])
+    assert (lander.optim.optimizer, lander.model.layer_norm, lander.model.activation) == ("adam", True, "elu")
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
     original = load_config(["env.name=Walker2d-v5", "recipe=original"])

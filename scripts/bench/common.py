@@ -107,6 +107,8 @@ def plain_args(cfg: DictConfig, out: str = "") -> Args:
         frames_per_batch=cfg.collector.frames_per_batch,
         buffer_size=cfg.buffer.size,
         hidden_sizes=tuple(cfg.model.hidden_sizes),
+        activation=cfg.model.activation,
+        layer_norm=cfg.model.layer_norm,
         action_std=cfg.model.action_std,
         normalizer_samples=cfg.model.normalizer_samples,
         gamma=cfg.loss.gamma,
@@ -134,13 +136,18 @@ def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
+def layers_with_weights(module: nn.Module) -> list[nn.Linear | nn.LayerNorm]:
+    """The linear and LayerNorm layers, in order: what a network's weights are."""
+    return [m for m in module.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))]
+
+
 def plain_copy(loss: nn.Module, cfg: DictConfig, low: torch.Tensor, high: torch.Tensor) -> PlainAWR:
     """A :class:`~bench.plain.PlainAWR` holding our loss's weights and normaliser statistics."""
     norm = observation_norm_of(loss.actor_network)
     plain = PlainAWR(plain_args(cfg), norm.loc.shape[-1], low, high)
     plain.loc, plain.scale = norm.loc.detach().clone(), norm.scale.detach().clone()
     for ours, theirs in ((loss.actor_network, plain.actor), (loss.value_network, plain.critic)):
-        for src, dst in zip(linears(ours), linears(theirs), strict=True):
+        for src, dst in zip(layers_with_weights(ours), layers_with_weights(theirs), strict=True):
             dst.load_state_dict(src.state_dict())
     return plain
 

@@ -55,6 +55,8 @@ class Args:
     frames_per_batch: int
     buffer_size: int
     hidden_sizes: tuple[int, ...]
+    activation: str  # relu | elu | tanh, after each hidden layer
+    layer_norm: bool  # a LayerNorm after each hidden linear layer, before its activation
     action_std: float  # in units of half the action range
     normalizer_samples: int
     gamma: float
@@ -77,12 +79,16 @@ class Args:
     out: str  # checkpoints, policy.pt and summary.json go here
 
 
-def mlp(in_features: int, out_features: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
-    """ReLU MLP with PyTorch's default ``nn.Linear`` init."""
-    sizes = (in_features, *hidden_sizes)
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+def mlp(in_features: int, out_features: int, args: Args) -> nn.Sequential:
+    """An MLP of ``args.hidden_sizes`` (Linear, LayerNorm if ``args.layer_norm``, activation) with PyTorch's default
+    ``nn.Linear`` init."""
+    sizes = (in_features, *args.hidden_sizes)
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), *([nn.LayerNorm(b)] if args.layer_norm else []), ACTIVATIONS[args.activation]()]
     return nn.Sequential(*layers, nn.Linear(sizes[-1], out_features))
 
 
@@ -96,10 +102,10 @@ class PlainAWR:
 
     def __init__(self, args: Args, obs_dim: int, low: Tensor, high: Tensor) -> None:
         self.loc, self.scale = torch.zeros(obs_dim), torch.ones(obs_dim)
-        self.actor = mlp(obs_dim, low.shape[-1], args.hidden_sizes)
+        self.actor = mlp(obs_dim, low.shape[-1], args)
         nn.init.uniform_(self.actor[-1].weight, -OUTPUT_INIT, OUTPUT_INIT)
         nn.init.zeros_(self.actor[-1].bias)
-        self.critic = mlp(obs_dim, 1, args.hidden_sizes)
+        self.critic = mlp(obs_dim, 1, args)
         self.mid, self.half = (high + low) / 2, (high - low) / 2
         self.std = self.half * args.action_std
         self.var, self.log_std = self.std.pow(2), self.std.log()
@@ -410,11 +416,14 @@ def to_argv(args: Args) -> list[str]:
     return argv
 
 
+BOOLEAN = {"True": True, "False": False}  # as to_argv writes them
+
+
 def parse_args(argv: list[str]) -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in dataclasses.fields(Args):
         tuple_of = f.type.startswith("tuple[")
-        kind = int if tuple_of else {"str": str, "int": int, "float": float}[f.type]  # the one tuple: hidden_sizes
+        kind = int if tuple_of else {"str": str, "int": int, "float": float, "bool": BOOLEAN.__getitem__}[f.type]
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, required=True, nargs="+" if tuple_of else None)
     values = vars(parser.parse_args(argv))
     return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
