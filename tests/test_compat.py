@@ -24,6 +24,7 @@ from torchrl_awr.compat import (
     fifo_start,
     loss_mask_keys,
     memmap_like_keeps_content,
+    values_from_tensordict,
 )
 from torchrl_awr.loss import AWRLoss
 
@@ -33,6 +34,32 @@ def test_fifo_start_is_the_oldest_slot_and_no_public_cursor_exists():
     rb.extend(TensorDict(x=torch.arange(6.0), batch_size=[6]))  # slots hold 4, 5, 2, 3: the oldest is slot 2
     assert fifo_start(rb) == 2
     assert not any(hasattr(rb, name) for name in ("cursor", "write_cursor")), "a public cursor: use it"
+
+
+def test_values_from_tensordict_uses_the_given_values_and_leaves_the_critic_where_it_was():
+    loss = AWRLoss(make_awr_actor(3, make_env("Pendulum-v1").action_spec), make_awr_value(3))
+    estimator = loss.value_estimator
+    names = sorted(name for name, _ in loss.named_parameters())
+    n = 5
+    data = TensorDict(
+        observation=torch.randn(1, n, 3),
+        state_value=torch.zeros(1, n, 1),
+        next=TensorDict(
+            observation=torch.randn(1, n, 3),
+            state_value=torch.ones(1, n, 1),
+            reward=torch.zeros(1, n, 1),
+            done=torch.ones(1, n, 1, dtype=torch.bool),  # each step truncated: its target is r + γ V(s')
+            terminated=torch.zeros(1, n, 1, dtype=torch.bool),
+            batch_size=[1, n],
+        ),
+        batch_size=[1, n],
+    )
+    with torch.no_grad(), values_from_tensordict(estimator):
+        estimator(data)
+    torch.testing.assert_close(data["advantage"], torch.full((1, n, 1), 0.99))  # 0 + γ · 1 − 0: the given values
+    assert estimator.value_network is loss.value_network
+    assert "value_network" not in dict(estimator.named_children()), "TorchRL registers the critic now: assign it"
+    assert sorted(name for name, _ in loss.named_parameters()) == names
 
 
 def test_loss_mask_keys_match_torchrl_losses():

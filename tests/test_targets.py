@@ -378,6 +378,22 @@ def test_relabel_with_the_awr_value_network():
     torch.testing.assert_close(data["advantage"], ret - v_s, rtol=1e-5, atol=1e-5)
 
 
+def test_relabel_runs_the_critic_once_per_state_and_on_next_states_only_where_they_are_not_the_next_row():
+    """V(s') is read from the next row where s' is that row's s: 24 critic rows instead of 40, the extra 4 after
+    the termination, the truncation, a gap in the stream with no done flag and the last row; every target right."""
+    rows = single_stream(20, {6: "terminated", 13: "truncated"})
+    rows[9]["next_obs"] = rows[10]["obs"] + 1.0  # a row whose s' is not the next row's s, with done unset
+    rb = fill(20, [rows])
+    loss = make_loss()
+    seen = []
+    loss.value_network.module.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    names = [name for name, _ in loss.named_parameters()]
+    relabel(rb, loss, traj_key=None)
+    assert [name for name, _ in loss.named_parameters()] == names  # the critic is not re-registered anywhere
+    assert sum(seen) == 20 + 4  # all states; s' after the termination, the truncation, the gap and the last row
+    assert_matches(rb, rows, reference_returns(rows, GAMMA, LMBDA, use_traj=False))
+
+
 def test_relabel_real_collector_output():
     """Trajectory ids and flags as a TorchRL collector writes them (2 envs, time limit 7)."""
     from torchrl.collectors import Collector

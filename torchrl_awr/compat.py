@@ -17,6 +17,7 @@ from torch import Tensor
 from torchrl.data import ReplayBuffer
 from torchrl.envs import ObservationNorm
 from torchrl.objectives import LossModule
+from torchrl.objectives.value import ValueEstimatorBase
 from torchrl.trainers import Trainer
 
 
@@ -27,6 +28,23 @@ def fifo_start(buffer: ReplayBuffer) -> int:
     :class:`~torchrl.data.RoundRobinWriter` that was never reset, the fallback when the private one is absent.
     """
     return getattr(buffer._writer, "_cursor", buffer.write_count % buffer.storage.max_size)
+
+
+@contextmanager
+def values_from_tensordict(estimator: ValueEstimatorBase) -> Iterator[None]:
+    """Within this context ``estimator`` reads ``V(s)`` and ``V(s')`` from the tensordict, as TorchRL's estimators do
+    when built without a value network, instead of running its critic over the states and again over the next states.
+
+    torchrl 0.14.1 has no switch for it on a built estimator; it keeps ``value_network`` in the instance's
+    ``__dict__`` (not a submodule), which is where this sets it to ``None`` and back: assigning a module through
+    ``nn.Module.__setattr__`` would register the critic as the estimator's submodule, a second path to its parameters.
+    """
+    network = estimator.__dict__["value_network"]
+    estimator.__dict__["value_network"] = None
+    try:
+        yield
+    finally:
+        estimator.__dict__["value_network"] = network
 
 
 def loss_mask_keys(loss: LossModule) -> tuple[NestedKey, ...]:

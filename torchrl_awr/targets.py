@@ -23,7 +23,7 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.data import ReplayBuffer
 
-from torchrl_awr.compat import fifo_start
+from torchrl_awr.compat import fifo_start, values_from_tensordict
 from torchrl_awr.loss import AWRLoss, standardize
 
 TRAJ_KEY: NestedKey = ("collector", "traj_ids")
@@ -133,23 +133,22 @@ def relabel(
     data = storage.get(positions)
     positions = positions.to(data.device)  # a storage on a GPU: index with GPU positions (perm is computed there)
     perm, last = trajectory_order(data, traj_key)
-    positions, data = positions[perm], data[perm]
     for key in (("next", keys.reward), ("next", keys.done), ("next", keys.terminated)):
         if data.get(key, None) is None:
             raise ValueError(f"relabel: key {key!r} missing from the replay buffer.")
-    reward = data.get(("next", keys.reward))
-    if not torch.isfinite(reward).all():
+    in_keys = loss.value_network.in_keys
+    needed = (*in_keys, *[("next", key) for key in in_keys], ("next", keys.reward), ("next", keys.terminated))
+    positions, sequence = positions[perm], data.select(*needed, ("next", keys.done))[perm]
+    if not torch.isfinite(sequence.get(("next", keys.reward))).all():
         raise ValueError(f"relabel: non-finite value in {('next', keys.reward)!r} of the replay buffer.")
-    sequence = data.select(
-        *loss.value_network.in_keys,
-        *[("next", key) for key in loss.value_network.in_keys],
-        ("next", keys.reward),
-        ("next", keys.terminated),
-    )
-    done = data.get(("next", keys.done))
+    done = sequence.get(("next", keys.done))
     sequence.set(("next", keys.done), done | last.view_as(done))
+    value, next_value = state_values(loss, sequence)
+    sequence.set(keys.value, value)
+    sequence.set(("next", keys.value), next_value)
     sequence = sequence.unsqueeze(0)  # one time axis: [1, N]
-    loss.value_estimator(sequence)
+    with values_from_tensordict(loss.value_estimator):
+        loss.value_estimator(sequence)
     sequence = sequence.squeeze(0)
     value_target = sequence.get(keys.value_target)
     advantage = sequence.get(keys.advantage)
@@ -163,6 +162,34 @@ def relabel(
             f"({type(err).__name__}); store them (e.g. as zeros) with every transition when extending."
         ) from None
     return _diagnostics(advantage, value_target)
+
+
+def state_values(loss: AWRLoss, sequence: TensorDictBase) -> tuple[Tensor, Tensor]:
+    """``V(s)`` and ``V(s')`` over transitions in trajectory order, with one critic pass over the states.
+
+    Within a trajectory ``s'`` of one step is the next step's ``s``: ``V(s')`` is read from the next row, and the
+    critic runs on ``s'`` only where it is not (the row's ``done`` is set, or its ``s'`` differs from the next row's
+    ``s``: a trajectory's end, a cut, a gap). Rows go through the critic in chunks of the estimator's
+    ``value_chunk_size``.
+    """
+    keys = loss.tensor_keys
+    in_keys = loss.value_network.in_keys
+    chunk = loss.value_estimator.value_chunk_size or sequence.shape[0]
+
+    def critic(inputs: TensorDictBase) -> Tensor:
+        return torch.cat([loss.value_network(part).get(keys.value) for part in inputs.split(chunk)])
+
+    value = critic(sequence.select(*in_keys))
+    apart = sequence.get(("next", keys.done)).reshape(-1).clone()
+    for key in in_keys:
+        state, next_state = sequence.get(key), sequence.get(("next", key))
+        apart[:-1] |= (next_state[:-1] != state[1:]).reshape(len(apart) - 1, -1).any(-1)
+    apart[-1] = True
+    next_value = torch.empty_like(value)
+    next_value[:-1] = value[1:]
+    rows = apart.nonzero().squeeze(-1)
+    next_value[rows] = critic(sequence.get("next").select(*in_keys)[rows])
+    return value, next_value
 
 
 def _diagnostics(advantage: Tensor, value_target: Tensor) -> dict[str, float]:

@@ -189,10 +189,14 @@ def update_rows(u: dict) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------- relabel
-def synthetic_batch(template: TensorDict, index: int, num_envs: int, steps: int, gen: torch.Generator) -> TensorDict:
+def synthetic_batch(
+    template: TensorDict, index: int, num_envs: int, steps: int, gen: torch.Generator, previous: TensorDict | None
+) -> TensorDict:
     """``num_envs`` × ``steps`` HalfCheetah-shaped transitions (env-major, as a flattened collector batch).
 
-    Episodes last ``EPISODE_LEN`` steps and end by truncation; trajectory ids are unique per episode.
+    Episodes last ``EPISODE_LEN`` steps and end by truncation; trajectory ids are unique per episode. As in a
+    collector's output, a step's ``("next", "observation")`` is the next step's ``"observation"`` within an
+    episode, across batches too (``previous``: the batch before).
     """
     n = num_envs * steps
     t = (index * steps + torch.arange(steps)).repeat(num_envs)  # global time of each env
@@ -205,6 +209,15 @@ def synthetic_batch(template: TensorDict, index: int, num_envs: int, steps: int,
         else:
             td.set(key, torch.zeros(shape, dtype=leaf.dtype))
     last = (t % EPISODE_LEN == EPISODE_LEN - 1).unsqueeze(-1)
+    grid = (num_envs, steps, -1)
+    ended = last.view(num_envs, steps)
+    chained = ~ended.roll(1, dims=1)  # the step after an episode's end starts from a fresh state
+    chained[:, 0] = previous is not None
+    observation = td.get("observation").view(grid)
+    follow = td.get(("next", "observation")).view(grid).roll(1, dims=1)
+    if previous is not None:
+        follow[:, 0] = previous.get(("next", "observation")).view(grid)[:, -1]
+    observation[chained] = follow[chained]
     for prefix in ((), ("next",)):
         if (*prefix, "step_count") in td.keys(True):
             td.set((*prefix, "step_count"), (t % EPISODE_LEN + len(prefix)).unsqueeze(-1))
@@ -225,8 +238,10 @@ def filled_buffer(cfg: DictConfig, tmpdir: Path) -> tuple[ReplayBuffer, AWRLoss]
     gen = torch.Generator().manual_seed(0)
     steps = cfg.collector.frames_per_batch // cfg.env.num_envs
     batches = math.ceil(cfg.buffer.size / cfg.collector.frames_per_batch) + 1
+    batch = None
     for index in range(batches):
-        buffer.extend(synthetic_batch(template, index, cfg.env.num_envs, steps, gen))
+        batch = synthetic_batch(template, index, cfg.env.num_envs, steps, gen, batch)
+        buffer.extend(batch)
     return buffer, loss
 
 
