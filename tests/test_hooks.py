@@ -148,6 +148,20 @@ def test_evaluate_first_episode_return_per_env():
     assert max(lengths) < max_steps and len(set(lengths)) > 1  # the setup really ends episodes unevenly
 
 
+def test_evaluate_stops_once_every_env_has_ended_its_first_episode():
+    """Each CartPole copy falls within ~10 steps under PushRight: the evaluation stops at the last first fall, not
+    at max_steps (the copies that fell first are reset by TorchRL and stepped on, and do not count)."""
+    calls = []
+
+    def counting(td):
+        calls.append(1)
+        return PushRight()(td)
+
+    returns = make_evaluate(make_env("CartPole-v1", num_envs=3, seed=11), counting, 500).episode_returns()
+    assert len(calls) == max(returns.tolist())  # CartPole pays 1 per step: the longest first episode's length
+    assert len(calls) < 30
+
+
 @pytest.mark.parametrize("max_steps", [30, 250])
 def test_evaluate_pendulum_cut_or_complete(max_steps):
     """Cut by max_steps: the return so far; otherwise the full 200-step episode."""

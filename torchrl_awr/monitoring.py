@@ -144,16 +144,27 @@ class Evaluate(TrainerHookBase):
 
     @torch.no_grad()
     def episode_returns(self) -> Tensor:
-        """Return of the first episode of each eval env under the deterministic policy."""
+        """Return of the first episode of each eval env under the deterministic policy.
+
+        The envs step together (:meth:`~torchrl.envs.EnvBase.step_and_maybe_reset`) until every one has ended its
+        first episode, or for ``max_steps``: an episode still running then counts as it stands.
+        """
         if self.source is not None:
             TensorDict.from_module(self.policy).data.update_(TensorDict.from_module(self.source).data)
+        shape = (self.env.batch_size.numel(),)
+        returns = torch.zeros(shape)
+        ended = torch.zeros(shape, dtype=torch.bool)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            rollout = self.env.rollout(self.max_steps, self.policy, break_when_any_done=False, break_when_all_done=True)
-        rollout = rollout.reshape(*self.env.batch_size, -1)  # [envs, T]
-        done = rollout.get(("next", "done")).squeeze(-1).clone()
-        done[..., -1] = True  # an episode still running at max_steps counts as it stands
-        first = done.float().argmax(-1, keepdim=True)
-        return rollout.get(self.return_key).squeeze(-1).gather(-1, first).squeeze(-1)
+            state = self.env.reset()
+            for _ in range(self.max_steps):
+                step, state = self.env.step_and_maybe_reset(self.policy(state))
+                done = step.get(("next", "done")).reshape(shape)
+                episode_return = step.get(self.return_key).reshape(shape).cpu()
+                returns = torch.where(ended, returns, episode_return)
+                ended |= done.cpu()
+                if ended.all():
+                    break
+        return returns
 
     def _csv_writer(self, f: Any) -> csv.DictWriter:
         return csv.DictWriter(f, fieldnames=(self.clock.unit, *EVAL_CSV_FIELDS))
