@@ -132,6 +132,7 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
         pytest.approx(1.0),
     )
     assert (hopper.model.layer_norm, hopper.model.activation) == (False, "relu")  # LayerNorm and ELU lost there
+    assert (hopper.optim.critic_steps, cheetah.optim.critic_steps) == (400, 200)  # twice the critic steps won there
     lander = load_config(["env.name=LunarLander-v3", "recipe=tuned"])
     assert (lander.optim.optimizer, lander.model.layer_norm, lander.model.activation) == ("adam", True, "elu")
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
