@@ -79,7 +79,7 @@ class Args:
     out: str  # checkpoints, policy.pt and summary.json go here
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}  # as torchrl_awr.models.ACTIVATIONS
 
 
 def mlp(in_features: int, out_features: int, args: Args) -> nn.Sequential:
