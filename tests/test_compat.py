@@ -128,3 +128,26 @@ def test_ray_local_address_helper_still_exists():
 
     services = pytest.importorskip("ray._private.services", reason="ray is not installed (pip install -e '.[ray]')")
     assert hasattr(services, "canonicalize_bootstrap_address"), "Ray moved it: update compat.ray_local_address"
+
+
+def test_async_workers_still_drop_a_batch_when_asked_for_their_state():
+    import torchrl.collectors._runner as runner
+    from torchrl.collectors import MultiAsyncCollector, MultiCollector
+
+    from torchrl_awr.compat import CheckpointableAsyncCollector
+
+    assert "we skip the collected trajectory" in inspect.getsource(runner), (
+        "torchrl no longer drops a worker's batch on a message: MultiAsyncCollector's own state_dict may do"
+    )
+    source = inspect.getsource(MultiCollector)  # the class MultiAsyncCollector inherits them from: the names we read
+    assert all(f"self.{name} = " in source for name in ("_traj_pool", "_frames", "_iter"))
+    assert issubclass(CheckpointableAsyncCollector, MultiAsyncCollector)
+
+
+def test_state_norm_clips_the_standardised_observation():
+    from torchrl_awr import make_observation_norm
+
+    norm = make_observation_norm(2, clip=3.0)
+    norm.scale.fill_(0.01)  # a dim seen constant while the statistics were fitted: 0.1 away is 10 stds
+    out = norm(TensorDict(observation=torch.tensor([[0.1, -0.02]]), batch_size=[1]))["observation_norm"]
+    torch.testing.assert_close(out, torch.tensor([[3.0, -2.0]]))

@@ -64,6 +64,7 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
         action_std=cfg.model.action_std,
         learn_std=cfg.model.learn_std,
         value_scale=value_scale,
+        observation_clip=cfg.model.observation_clip or None,
     )
     continuous = action_spec.dtype.is_floating_point
     loss = AWRLoss(

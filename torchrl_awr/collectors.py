@@ -28,7 +28,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase
 
-from torchrl_awr.compat import ray_local_address
+from torchrl_awr.compat import CheckpointableAsyncCollector, ray_local_address
 from torchrl_awr.envs import make_env
 from torchrl_awr.errors import one_line
 
@@ -69,13 +69,17 @@ def make_collector(cfg: DictConfig, env: EnvBase, policy: torch.nn.Module) -> Ba
         return Collector(env, policy, total_frames=-1, **common, **worker_options)
     make_worker_env = partial(make_env, cfg.env.name, num_envs=cfg.env.num_envs)
     workers = cfg.collector.num_workers
+    if backend == "multi" and not cfg.collector.sync:  # checkpointed without a hang (see the class)
+        return CheckpointableAsyncCollector(
+            [make_worker_env] * workers, policy, total_frames=-1, num_threads=cfg.threads, **common, **worker_options
+        )
     if backend == "multi":
         return Collector(
             make_worker_env,
             policy,
             backend="process",
             num_collectors=workers,
-            sync=cfg.collector.sync,
+            sync=True,
             total_frames=-1,
             num_threads=cfg.threads,
             **common,

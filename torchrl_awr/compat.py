@@ -7,13 +7,16 @@ or the upstream problem is fixed), so that it can be deleted.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 from torch import Tensor
+from torchrl.collectors import MultiAsyncCollector
 from torchrl.data import ReplayBuffer
 from torchrl.envs import ObservationNorm
 from torchrl.objectives import LossModule
@@ -96,11 +99,16 @@ class StateNorm(ObservationNorm):
 
     torchrl 0.14.1's ``ObservationNorm._apply_transform`` keeps ``standard_normal`` as a tensor buffer and branches on
     it in every call: a GPU→CPU sync, which a CUDA-graph capture refuses and which breaks a :func:`torch.compile`
-    graph. State dicts are the parent's.
+    graph. State dicts are the parent's. ``clip``: the standardised values are clamped to ``[-clip, clip]``.
     """
 
+    def __init__(self, *args, clip: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clip = clip
+
     def _apply_transform(self, obs: Tensor) -> Tensor:
-        return (obs - self.loc) / self.scale
+        out = (obs - self.loc) / self.scale
+        return out if self.clip is None else out.clamp(-self.clip, self.clip)
 
 
 def ray_local_address() -> str | None:
@@ -133,3 +141,44 @@ def memmap_like_keeps_content() -> Iterator[None]:
     finally:
         TensorDict.memmap_like = original
 
+
+
+class CheckpointableAsyncCollector(MultiAsyncCollector):
+    """A :class:`~torchrl.collectors.MultiAsyncCollector` whose state a checkpoint can take while its workers collect.
+
+    torchrl 0.14.1's ``MultiAsyncCollector.state_dict`` (and ``load_state_dict``) asks each worker for its state over
+    the worker's pipe. A worker that finds a message waiting when it finishes a batch drops that batch
+    (``collectors/_runner.py``: "we skip the collected trajectory and get the message from main") and answers the
+    message; the main process, which had already asked it for that batch, then waits for it forever: a run hangs at
+    its first checkpoint whenever the learner is faster than collection.
+
+    This state leaves the workers out and keeps what the main process holds: the private frame and iteration
+    counters (``_frames``, ``_iter``) and the next trajectory id (of the private ``_traj_pool``). The workers are
+    rebuilt on resume (their envs start new episodes, their policy is the trainer's, pushed after every load) and
+    draw ids from a new pool that starts at 0, so every id collected after a resume is shifted by the next id the
+    checkpoint recorded: no trajectory after a resume shares an id with one in the restored replay buffer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._ids = _ShiftTrajectoryIds()
+        super().__init__(*args, postproc=self._ids, **kwargs)
+
+    def state_dict(self) -> OrderedDict:
+        next_id = self._ids.offset + int(self._traj_pool.state_dict()["traj_id"])
+        return OrderedDict(frames=self._frames, iter=self._iter, next_traj_id=next_id)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._ids.offset = int(state_dict["next_traj_id"])
+        self._frames = state_dict["frames"]
+        self._iter = state_dict["iter"]
+
+
+class _ShiftTrajectoryIds:
+    """A collector ``postproc``: trajectory ids plus ``offset``."""
+
+    offset = 0
+
+    def __call__(self, batch: TensorDict) -> TensorDict:
+        if self.offset:  # the batch is the collector's own copy (MultiAsyncCollector clones what it receives)
+            batch.set(("collector", "traj_ids"), batch.get(("collector", "traj_ids")) + self.offset)
+        return batch

@@ -55,6 +55,7 @@ class ModelConfig:
     action_std: float = 0.2
     learn_std: bool = False
     normalizer_samples: int = 100_000
+    observation_clip: float = 0.0  # standardised observations clamped to ±this (0: not clamped, the original)
 
 
 @dataclass
@@ -329,8 +330,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not value > 0:
             raise ValueError(f"{key}={value!r} is invalid; it must be > 0.")
-    for key in ("optim.actor_steps", "optim.critic_steps", "model.normalizer_samples", "loss.entropy_coeff",
-                "offline.steps"):
+    for key in ("optim.actor_steps", "optim.critic_steps", "model.normalizer_samples", "model.observation_clip",
+                "loss.entropy_coeff", "offline.steps"):
         if OmegaConf.select(cfg, key) < 0:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid; it must be >= 0.")
     if not (0 <= cfg.loss.gamma <= 1 and 0 <= cfg.loss.lmbda <= 1):

@@ -43,16 +43,23 @@ def observation_norm_of(network: nn.Module) -> ObservationNorm | None:
     return next((m for m in network.modules() if isinstance(m, ObservationNorm)), None)
 
 
-def make_observation_norm(observation_size: int, observation_key: str = "observation") -> ObservationNorm:
+def make_observation_norm(
+    observation_size: int, observation_key: str = "observation", clip: float | None = None
+) -> ObservationNorm:
     """An identity :class:`~torchrl.envs.ObservationNorm` for in-network state normalisation.
 
     Its ``loc``/``scale`` start at 0/1 and are set by
-    :class:`torchrl_awr.UpdateObservationNorm` from the first samples, then frozen.
+    :class:`torchrl_awr.UpdateObservationNorm` from the first samples, then frozen. With ``clip`` the standardised
+    observation is clamped to ``[-clip, clip]``: statistics frozen early can lie far from what a later policy
+    visits (a contact force that was 0 in every early sample standardises to ±100 with the std floor of 1e-2).
 
     Examples:
-        >>> norm = make_observation_norm(3)
+        >>> from tensordict import TensorDict
+        >>> norm = make_observation_norm(3, clip=5.0)
         >>> norm.loc.shape, norm.scale.shape
         (torch.Size([3]), torch.Size([3]))
+        >>> norm(TensorDict(observation=torch.tensor([[1.0, -40.0, 0.5]]), batch_size=[1]))["observation_norm"]
+        tensor([[ 1.0000, -5.0000,  0.5000]])
     """
     return StateNorm(
         loc=torch.zeros(observation_size),
@@ -60,6 +67,7 @@ def make_observation_norm(observation_size: int, observation_key: str = "observa
         in_keys=[observation_key],
         out_keys=[NORM_KEY],
         standard_normal=True,
+        clip=clip,
     )
 
 
@@ -311,10 +319,12 @@ def make_awr_networks(
     action_std: float = 0.4,
     learn_std: bool = False,
     value_scale: float = 1.0,
+    observation_clip: float | None = None,
 ) -> tuple[ProbabilisticTensorDictSequential, TensorDictSequential]:
     """``(actor, critic)`` for one env's unbatched specs, sharing one observation normaliser.
 
-    The keyword arguments are those of :func:`make_awr_actor` and :func:`make_awr_value`.
+    ``observation_clip`` is the normaliser's (:func:`make_observation_norm`); the other keyword arguments are those
+    of :func:`make_awr_actor` and :func:`make_awr_value`.
 
     Examples:
         >>> from torchrl.data import Bounded, Unbounded
@@ -322,7 +332,7 @@ def make_awr_networks(
         >>> actor.module[0][0] is value.module[0]
         True
     """
-    norm = make_observation_norm(observation_spec.shape[-1])
+    norm = make_observation_norm(observation_spec.shape[-1], clip=observation_clip)
     actor = make_awr_actor(
         observation_spec,
         action_spec,
