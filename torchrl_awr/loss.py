@@ -20,7 +20,12 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
+from tensordict.nn import (
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    dispatch,
+)
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torch.func import functional_call
@@ -117,6 +122,23 @@ def _masked_var(x: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return x.var(unbiased=False)
     return _masked_mean((x - _masked_mean(x, mask)) ** 2, mask)
+
+
+def _masked_var_mean(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(variance, mean)`` over the rows ``mask`` keeps (one pass without a mask)."""
+    if mask is None:
+        return torch.var_mean(x, unbiased=False)
+    mean = _masked_mean(x, mask)
+    return _masked_mean((x - mean) ** 2, mask), mean
+
+
+def _distribution_module(actor: torch.nn.Module) -> ProbabilisticTensorDictModule | None:
+    """The module that builds the actor's distribution, where ``actor.get_dist`` would search for it on every call
+    (a :class:`~tensordict.nn.ProbabilisticTensorDictSequential` returning one distribution): its last
+    :class:`~tensordict.nn.ProbabilisticTensorDictModule`. ``None`` for any other actor (its own ``get_dist``)."""
+    if not isinstance(actor, ProbabilisticTensorDictSequential) or actor.return_composite:
+        return None
+    return next((m for m in reversed(list(actor.modules())) if isinstance(m, ProbabilisticTensorDictModule)), None)
 
 
 def _has_analytic_entropy(actor: torch.nn.Module) -> bool:
@@ -410,6 +432,10 @@ class AWRLoss(LossModule):
             low, high = self._action_bounds(action_spec)
             self.register_buffer("_action_mid", (high + low) / 2)
             self.register_buffer("_action_half_range", (high - low) / 2)
+            # [-1, 1] bounds (most MuJoCo tasks): the mean is already in half-range units
+            self._unit_bounds = bool((low == -1).all() and (high == 1).all())
+        # The module that builds π(·|s) from the actor's outputs, found once (get_dist would search for it per call).
+        self._dist_module = _distribution_module(actor_network)
         self._in_keys = None
 
     @property
@@ -652,33 +678,46 @@ class AWRLoss(LossModule):
         weights, clipped = awr_weights(
             advantage, self.beta, self.max_weight, self.normalize_advantage == "batch", mask
         )
-        dist = self.actor_network.get_dist(inputs)
+        dist = self._distribution(inputs)
         if isinstance(dist, torch.distributions.Categorical) and action.ndim > len(dist.batch_shape):
             action = action.squeeze(-1)  # integer actions stored as [B, 1]
         log_prob = dist.log_prob(action)
         weights = weights.reshape(log_prob.shape)
         loss = -weights * log_prob
-        kept_weights = weights if mask is None else torch.where(_broadcast(mask, weights), weights, 0.0)
-        metadata = {
-            "weight_mean": _masked_mean(weights, mask).detach(),
-            "weight_max": kept_weights.max().detach(),
-            "weight_clip_fraction": _masked_mean(clipped.float(), mask),
-            "advantage_mean": _masked_mean(advantage, mask),
-            "advantage_std": _masked_var(advantage, mask).sqrt(),
-        }
+        with torch.no_grad():  # diagnostics
+            kept_weights = weights if mask is None else torch.where(_broadcast(mask, weights), weights, 0.0)
+            advantage_var, advantage_mean = _masked_var_mean(advantage, mask)
+            metadata = {
+                "weight_mean": _masked_mean(weights, mask),
+                "weight_max": kept_weights.max(),
+                "weight_clip_fraction": _masked_mean(clipped.float(), mask),
+                "advantage_mean": advantage_mean,
+                "advantage_std": advantage_var.sqrt(),
+            }
         if self.action_bound_penalty > 0:
             loss = loss + self.action_bound_penalty * self._bound_violation(dist)
         if self._analytic_entropy:
-            entropy = dist.entropy()
-            metadata["entropy"] = _masked_mean(entropy.detach(), mask)
             if self.entropy_coeff > 0:
+                entropy = dist.entropy()
                 loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
+            else:
+                with torch.no_grad():
+                    entropy = dist.entropy()
+            metadata["entropy"] = _masked_mean(entropy.detach(), mask)
         return self._reduce_loss(loss, tensordict), metadata
 
+    def _distribution(self, inputs: TensorDictBase) -> torch.distributions.Distribution:
+        """π(·|s): the actor's ``get_dist``, with the distribution module looked up once (at construction)."""
+        if self._dist_module is None:
+            return self.actor_network.get_dist(inputs)
+        return self._dist_module.get_dist(self.actor_network.get_dist_params(inputs))
+
     def _bound_violation(self, dist: torch.distributions.Distribution) -> Tensor:
-        mean = (dist.mean - self._action_mid) / self._action_half_range
-        violation = (mean - 1).clamp_min(0).pow(2) + (mean + 1).clamp_max(0).pow(2)
-        return 0.5 * violation.sum(-1)
+        """``½ Σ (|m| − 1)₊²`` of the mean ``m`` in half-range units: its distance outside ``[-1, 1]``, squared."""
+        mean = dist.mean
+        if not self._unit_bounds:
+            mean = (mean - self._action_mid) / self._action_half_range
+        return 0.5 * (mean.abs() - 1).clamp_min(0).square().sum(-1)
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
