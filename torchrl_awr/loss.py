@@ -697,13 +697,11 @@ class AWRLoss(LossModule):
         if self.action_bound_penalty > 0:
             loss = loss + self.action_bound_penalty * self._bound_violation(dist)
         if self._analytic_entropy:
-            if self.entropy_coeff > 0:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff > 0):  # else a diagnostic
                 entropy = dist.entropy()
-                loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
-            else:
-                with torch.no_grad():
-                    entropy = dist.entropy()
             metadata["entropy"] = _masked_mean(entropy.detach(), mask)
+            if self.entropy_coeff > 0:
+                loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
         return self._reduce_loss(loss, tensordict), metadata
 
     def _distribution(self, inputs: TensorDictBase) -> torch.distributions.Distribution:
