@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, help="task name in the reference CSV, e.g. half_cheetah")
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="our output dirs (with eval.csv)")
-    parser.add_argument("--labels", nargs="*", help="legend labels for --runs")
+    parser.add_argument("--labels", nargs="*", help="legend labels for --runs; runs with the same label are averaged")
     parser.add_argument("--reference", type=Path, default=REFERENCE, help=f"default: {REFERENCE.relative_to(ROOT)}")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-frames", type=float, default=3e6)
@@ -84,11 +84,20 @@ def main(argv: list[str]) -> int:
     ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
     ax.fill_between(grid, ref.mean(0) - ref.std(0), ref.mean(0) + ref.std(0), color="gray", alpha=0.25)
     labels = args.labels or [p.name for p in args.runs]
-    ours = {}
+    if len(labels) != len(args.runs):
+        parser.error(f"--labels: {len(labels)} labels for {len(args.runs)} runs; give one per run.")
+    ours: dict[str, list[list[tuple[float, float]]]] = {}
     for path, label in zip(args.runs, labels, strict=True):
-        curve = read_run(path)
-        ours[label] = [curve]
-        ax.plot(*zip(*curve, strict=True), label=label)
+        ours.setdefault(label, []).append(read_run(path))
+    for label, curves in ours.items():  # runs sharing a label: their mean, and ± one std shaded
+        if len(curves) == 1:
+            ax.plot(*zip(*curves[0], strict=True), label=label)
+            continue
+        end = min(c[-1][0] for c in curves)
+        span = grid[grid <= end]
+        runs = np.stack([np.interp(span, *zip(*c, strict=True)) for c in curves])
+        (line,) = ax.plot(span, runs.mean(0), label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(span, runs.mean(0) - runs.std(0), runs.mean(0) + runs.std(0), color=line.get_color(), alpha=0.2)
     ax.set_xlim(0, args.max_frames)
     ax.set_xlabel("environment frames")
     ax.set_ylabel("deterministic eval return")
