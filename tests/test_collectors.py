@@ -47,7 +47,6 @@ def test_multi_backend_counts_each_frame_once(overrides, tmp_path) -> None:
     assert len(pairs) == 1200
 
 
-
 def test_async_run_checkpoints_every_iteration_and_resumes_with_new_trajectory_ids(tmp_path) -> None:
     """A learner faster than collection checkpoints while the worker collects. torchrl's own async ``state_dict``
     made the worker drop the batch under way and the run wait for it forever (stopped at 1024 of 2048 frames); and

@@ -132,9 +132,14 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
         pytest.approx(1.0),
     )
     assert (hopper.model.layer_norm, hopper.model.activation) == (False, "relu")  # LayerNorm and ELU lost there
-    assert (hopper.optim.critic_steps, cheetah.optim.critic_steps) == (400, 200)  # twice the critic steps won there
+    # Hopper: 1024 frames per iteration with half the steps (twice the critic steps per frame); every 20,480 frames
+    assert (hopper.collector.frames_per_batch, hopper.optim.actor_steps, hopper.optim.critic_steps) == (1024, 500, 200)
+    assert (hopper.eval.interval, hopper.checkpoint.interval) == (20, 20)
+    assert (cheetah.collector.frames_per_batch, cheetah.optim.critic_steps, cheetah.eval.interval) == (2048, 200, 10)
     lander = load_config(["env.name=LunarLander-v3", "recipe=tuned"])
     assert (lander.optim.optimizer, lander.model.layer_norm, lander.model.activation) == ("adam", True, "elu")
+    ant = load_config(["env.name=Ant-v5"])  # less exploration noise won on Ant: 0.1 against the original's 0.2
+    assert (ant.optim.optimizer, ant.model.action_std, ant.optim.actor_lr) == ("adam", pytest.approx(0.1), 1e-4)
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
     original = load_config(["env.name=Walker2d-v5", "recipe=original"])

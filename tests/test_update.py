@@ -187,11 +187,11 @@ def awr_phases(device: str, optimizer: str, actor: str = "gaussian", steps: int 
         )
     )
 
-    def make_opt(module):
+    def make_opt(module):  # foreach, as make_optimizers builds them
         params = [p for p in module.parameters() if p.requires_grad]
         if optimizer == "adam":
-            return torch.optim.Adam(params, lr=1e-3, capturable=kwargs.get("cudagraphs", False))
-        return torch.optim.SGD(params, lr=1e-2, momentum=0.9)
+            return torch.optim.Adam(params, lr=1e-3, capturable=kwargs.get("cudagraphs", False), foreach=True)
+        return torch.optim.SGD(params, lr=1e-2, momentum=0.9, foreach=True)
 
     keys = loss.tensor_keys
     critic = RegressionPhase("critic_phase", loss.value_loss, ["observation", keys.value_target], rb,
@@ -254,16 +254,19 @@ def test_compiled_adam_update_matches_eager(actor):
     assert_same_updates(run_phases("cpu", "adam", actor=actor, steps=3, compile=True), eager, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov_wd", "adam", "adam_wd"])
-def test_optimizer_updates_as_tensor_ops_match_torch_optim(kind):
+def test_optimizer_updates_as_tensor_ops_match_torch_optim(kind, foreach):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
     ours = [p.detach().clone() for p in params]
     opt = {
-        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9),
-        "sgd_nesterov_wd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-        "adam": lambda: torch.optim.Adam(params, lr=0.01),
-        "adam_wd": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=0.01, betas=(0.8, 0.99)),
+        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=foreach),
+        "sgd_nesterov_wd": lambda: torch.optim.SGD(
+            params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, foreach=foreach
+        ),
+        "adam": lambda: torch.optim.Adam(params, lr=0.01, foreach=foreach),
+        "adam_wd": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=0.01, betas=(0.8, 0.99), foreach=foreach),
     }[kind]()
     group = opt.param_groups[0]
     shadow = torch.optim.SGD(ours, lr=0.1) if kind.startswith("sgd") else torch.optim.Adam(ours, lr=0.01)

@@ -113,14 +113,16 @@ def make_bc_loss(loss: AWRLoss) -> BCLoss:
 def make_optimizers(cfg: DictConfig, loss: AWRLoss) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """``(actor_optimizer, critic_optimizer)``: SGD with momentum (the original) or Adam.
 
-    Adam keeps its step count on the device (``capturable``) when the update is captured as a CUDA graph.
+    Both update all their tensors with one ``foreach`` call per operation (on CPU torch.optim otherwise loops over
+    them in Python: ~60 µs more per eager Adam step with these networks). Adam keeps its step count on the device
+    (``capturable``) when the update is captured as a CUDA graph.
     """
 
     def make(params, lr: float) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad]
         if cfg.optim.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, capturable=cfg.optim.cudagraphs)
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum)
+            return torch.optim.Adam(params, lr=lr, capturable=cfg.optim.cudagraphs, foreach=True)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, foreach=True)
 
     return make(loss.actor_network.parameters(), cfg.optim.actor_lr), make(
         loss.value_network.parameters(), cfg.optim.critic_lr

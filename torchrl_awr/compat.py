@@ -142,7 +142,6 @@ def memmap_like_keeps_content() -> Iterator[None]:
         TensorDict.memmap_like = original
 
 
-
 class CheckpointableAsyncCollector(MultiAsyncCollector):
     """A :class:`~torchrl.collectors.MultiAsyncCollector` whose state a checkpoint can take while its workers collect.
 
