@@ -20,6 +20,7 @@ SCRIPT = ROOT / "scripts" / "benchmark.py"
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark's package, as scripts/benchmark.py imports it
 
 from bench.common import layers_with_weights, linears, plain_copy  # noqa: E402
+from bench.learner import learner_rows  # noqa: E402
 from bench.plain import td_lambda  # noqa: E402
 from bench.update import synthetic_learner  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
@@ -68,6 +69,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     for name, variant in data["learner"]["variants"].items():
         for key in ("s", "plain_s", "ratio"):
             assert positive(variant[key]), (name, key, variant[key])
+        assert (variant["critic_steps"], variant["actor_steps"]) == (20, 100), name  # --quick's phases
 
     relabel = data["relabel"]
     assert relabel["buffer_size"] == 50_000
@@ -213,3 +215,17 @@ def test_plain_td_lambda_matches_relabel(tmp_path: Path) -> None:
     target, advantage = td_lambda(plain, data, cfg.loss.gamma, cfg.loss.lmbda)
     torch.testing.assert_close(env_major(target), stored.get("value_target").squeeze(-1), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(env_major(advantage), stored.get("advantage").squeeze(-1), rtol=1e-5, atol=1e-4)
+
+
+def test_learner_rows_name_each_variants_own_phase_lengths() -> None:
+    # SGD runs recipe=original (1000 actor steps), Adam the default (HalfCheetah: 500): each row says its own
+    timing = {"s": 1.0, "plain_s": 2.0, "ratio": 0.5}
+    rows = learner_rows({"variants": {
+        "sgd eager (cpu)": {"critic_steps": 200, "actor_steps": 1000, **timing},
+        "adam eager (cpu)": {"critic_steps": 200, "actor_steps": 500, **timing},
+    }})
+    assert [row[1] for row in rows] == [
+        "learner phase (200 critic + 1000 actor steps), sgd eager (cpu) vs plain PyTorch eager",
+        "learner phase (200 critic + 500 actor steps), adam eager (cpu) vs plain PyTorch eager",
+    ]
+    assert [row[2:5] for row in rows] == [(1.0, 2.0, 0.5)] * 2

@@ -51,7 +51,6 @@ def bench_learner(args: argparse.Namespace, tmpdir: Path) -> dict:
     results: dict = {"variants": {}}
     for optimizer, recipe in LEARNER_RECIPES.items():
         cfg = base_config(recipe, *quick)
-        results.update(critic_steps=cfg.optim.critic_steps, actor_steps=cfg.optim.actor_steps)
         device = resolve_device(cfg.device)
         (tmpdir / optimizer).mkdir(exist_ok=True)
         s = synthetic_learner(cfg, tmpdir / optimizer)
@@ -89,6 +88,8 @@ def bench_learner(args: argparse.Namespace, tmpdir: Path) -> dict:
         for name in runs:
             if name != "plain":
                 results["variants"][f"{optimizer} {name} ({device.type})"] = {
+                    "critic_steps": cfg.optim.critic_steps,
+                    "actor_steps": cfg.optim.actor_steps,
                     "s": statistics.median(times[name]),
                     "plain_s": statistics.median(times["plain"]),
                     "ratio": paired(times[name], times["plain"]),
@@ -99,11 +100,13 @@ def bench_learner(args: argparse.Namespace, tmpdir: Path) -> dict:
 
 
 def learner_rows(r: dict) -> list[Row]:
-    steps = f"{r['critic_steps']} critic + {r['actor_steps']} actor steps"
-    return [
-        ("learner", f"learner phase ({steps}), {name} vs plain PyTorch eager", v["s"], v["plain_s"], v["ratio"], "s")
-        for name, v in r["variants"].items()
-    ]
+    """One row per variant, named with its own phase lengths (each optimizer's recipe sets them)."""
+    rows: list[Row] = []
+    for name, v in r["variants"].items():
+        steps = f"{v['critic_steps']} critic + {v['actor_steps']} actor steps"
+        rows.append(("learner", f"learner phase ({steps}), {name} vs plain PyTorch eager", v["s"], v["plain_s"],
+                     v["ratio"], "s"))
+    return rows
 
 
 LEARNER = Section("learner", bench_learner, learner_rows)
