@@ -23,7 +23,7 @@ def test_defaults_are_the_tuned_recipe_compiled_on_one_thread():
     assert (cfg.recipe, cfg.optim.compile, cfg.threads) == ("tuned", True, 1)
     # HalfCheetah's tuned entry on top of its preset (BENCHMARKS.md "A tuned recipe")
     assert (cfg.optim.optimizer, cfg.optim.actor_lr, cfg.optim.critic_lr) == ("adam", 1e-4, 1e-3)
-    assert (cfg.loss.beta, cfg.buffer.size) == (0.5, 25_000)
+    assert (cfg.loss.beta, cfg.buffer.size) == (0.3, 25_000)  # BENCHMARKS.md "A smaller β on HalfCheetah"
     assert (cfg.model.layer_norm, cfg.model.activation) == (True, "elu")  # BENCHMARKS.md "LayerNorm and ELU"
     assert (cfg.optim.actor_steps, cfg.optim.critic_steps) == (500, 200)  # BENCHMARKS.md "Half the actor steps"
 
@@ -124,7 +124,7 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     assert cfg.buffer.size == 50_000
     assert (cfg.model.layer_norm, cfg.model.activation) == (True, "elu")
     cheetah = load_config(["recipe=tuned"])
-    assert (cheetah.optim.optimizer, cheetah.loss.beta, cheetah.buffer.size) == ("adam", pytest.approx(0.5), 25_000)
+    assert (cheetah.optim.optimizer, cheetah.loss.beta, cheetah.buffer.size) == ("adam", pytest.approx(0.3), 25_000)
     hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])  # Hopper's own entry: the original's SGD, β = 1
     assert (hopper.optim.optimizer, hopper.optim.actor_lr, hopper.optim.critic_lr, hopper.loss.beta) == (
         "sgd",
@@ -136,13 +136,15 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     # Hopper: 1024 frames per iteration with half the steps (twice the critic steps per frame); every 20,480 frames
     assert (hopper.collector.frames_per_batch, hopper.optim.actor_steps, hopper.optim.critic_steps) == (1024, 500, 200)
     assert (hopper.eval.interval, hopper.checkpoint.interval) == (20, 20)
-    assert (cheetah.collector.frames_per_batch, cheetah.optim.critic_steps, cheetah.eval.interval) == (2048, 200, 10)
+    assert (cheetah.collector.frames_per_batch, cheetah.optim.critic_steps) == (2048, 200)
+    # HalfCheetah evaluates and checkpoints every 20 iterations (40,960 frames): evaluations held ~15% of a profiled run
+    assert (cheetah.eval.interval, cheetah.checkpoint.interval) == (20, 20)
     lander = load_config(["env.name=LunarLander-v3", "recipe=tuned"])
     assert (lander.optim.optimizer, lander.model.layer_norm, lander.model.activation) == ("adam", True, "elu")
     ant = load_config(["env.name=Ant-v5"])  # less exploration noise won on Ant: 0.05 against the original's 0.2
     assert (ant.optim.optimizer, ant.model.action_std, ant.optim.actor_lr) == ("adam", pytest.approx(0.05), 1e-4)
-    walker = load_config(["env.name=Walker2d-v5"])  # half the actor steps: equal returns, less time
-    assert (walker.optim.actor_steps, cheetah.optim.actor_steps, ant.optim.actor_steps) == (500, 500, 1000)
+    walker = load_config(["env.name=Walker2d-v5"])  # half the actor steps: equal returns (more on Ant), less time
+    assert (walker.optim.actor_steps, cheetah.optim.actor_steps, ant.optim.actor_steps) == (500, 500, 500)
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
     original = load_config(["env.name=Walker2d-v5", "recipe=original"])
