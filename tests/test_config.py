@@ -178,7 +178,7 @@ OVERRIDES = {
     "collector.total_frames": ("12345", 12345),
     "collector.frames_per_batch": ("4096", 4096),
     "buffer.size": ("1000", 1000),
-    "loss.beta": ("0.3", 0.3),
+    "loss.beta": ("0.7", 0.7),
     "loss.max_weight": ("5", 5.0),
     "loss.gamma": ("0.9", 0.9),
     "loss.lmbda": ("0.8", 0.8),
