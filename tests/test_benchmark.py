@@ -73,7 +73,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 
     relabel = data["relabel"]
     assert relabel["buffer_size"] == 50_000
-    assert positive(relabel["ms"])
+    for key in ("ms", "compiled_ms", "compiled_ratio"):
+        assert positive(relabel[key]), (key, relabel.get(key))
 
     collection = data["collection"]
     for key in ("ours_fps", "ours_1env_fps", "raw_single_fps", "raw_vector_fps", "raw_vector_policy_fps"):

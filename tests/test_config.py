@@ -144,7 +144,7 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     ant = load_config(["env.name=Ant-v5"])  # less exploration noise won on Ant: 0.05 against the original's 0.2
     assert (ant.optim.optimizer, ant.model.action_std, ant.optim.actor_lr) == ("adam", pytest.approx(0.05), 1e-4)
     walker = load_config(["env.name=Walker2d-v5"])  # half the actor steps: equal returns (more on Ant), less time
-    assert (walker.optim.actor_steps, cheetah.optim.actor_steps, ant.optim.actor_steps) == (500, 500, 500)
+    assert (walker.optim.actor_steps, cheetah.optim.actor_steps, ant.optim.actor_steps) == (500, 500, 250)
     other = load_config(["env.name=CartPole-v1", "recipe=tuned"])
     assert (other.optim.optimizer, other.loss.beta, other.model.action_std) == ("adam", 1.0, pytest.approx(0.2))
     original = load_config(["env.name=Walker2d-v5", "recipe=original"])

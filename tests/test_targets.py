@@ -394,6 +394,39 @@ def test_relabel_runs_the_critic_once_per_state_and_on_next_states_only_where_th
     assert_matches(rb, rows, reference_returns(rows, GAMMA, LMBDA, use_traj=False))
 
 
+def test_compiled_critic_relabels_as_the_eager_one_with_one_graph_for_every_buffer_size():
+    """AWRUpdate(compile=True)'s critic for relabel: the same targets and advantages as the eager network (the
+    AWR critic with LayerNorm and ELU, in chunks of 64 rows) at every fill of a circular buffer, and one graph
+    for all chunk sizes (a one-row chunk may add a second), no graph break."""
+    from torch._dynamo.utils import counters
+
+    from torchrl_awr.update import CompiledCritic
+
+    def awr_loss() -> AWRLoss:
+        torch.manual_seed(0)
+        layers = {"layer_norm": True, "activation": "elu"}
+        loss = AWRLoss(make_awr_actor(OBS, Bounded(-1.0, 1.0, shape=(1,)), **layers), make_awr_value(OBS, **layers))
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=GAMMA, lmbda=LMBDA, value_chunk_size=64)
+        return loss
+
+    eager, ours = awr_loss(), awr_loss()
+    critic = CompiledCritic(ours)
+    counters.clear()
+    batches = collector_batches(num_envs=3, t=30, n_batches=6)  # 90 rows per batch into 200 slots: 90 ... 200
+    rb_eager, rb_ours = fill(200, []), fill(200, [])
+    for rows in batches:
+        for rb in (rb_eager, rb_ours):
+            rb.extend(steps_to_td(rows))
+        want, got = relabel(rb_eager, eager), relabel(rb_ours, ours, critic=critic)
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+        n = len(rb_eager)
+        for key in ("value_target", "advantage"):
+            torch.testing.assert_close(rb_ours.storage[:n][key], rb_eager.storage[:n][key], rtol=1e-5, atol=1e-5)
+    assert critic.compiled
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def test_relabel_real_collector_output():
     """Trajectory ids and flags as a TorchRL collector writes them (2 envs, time limit 7)."""
     from torchrl.collectors import Collector

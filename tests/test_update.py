@@ -335,7 +335,8 @@ def test_unsupported_optimizer_warns_once_and_updates_eagerly():
 
 
 def test_a_failing_compilation_falls_back_to_eager_with_one_warning():
-    """No usable C++ compiler (inductor's CPU code needs one): the run goes on eagerly, saying why once."""
+    """No usable C++ compiler (inductor's CPU code needs one): the run goes on eagerly, saying why once (per phase,
+    and once for relabel's critic)."""
     script = textwrap.dedent(
         """
         import warnings, torch, test_update as t
@@ -346,6 +347,15 @@ def test_a_failing_compilation_falls_back_to_eager_with_one_warning():
         lines = [str(w.message) for w in caught if "compiling the update step failed" in str(w.message)]
         print("RESULT", len(lines), lines[0][:80] if lines else "")
         t.assert_same_updates(ours, eager, rtol=1e-5, atol=1e-6)
+        from torchrl_awr.update import CompiledCritic
+        loss, critic_phase, _ = t.awr_phases("cpu", "sgd")
+        critic, states = CompiledCritic(loss), critic_phase.replay_buffer.storage[:128].select("observation")
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            values = [critic(states), critic(states)]
+        want = loss.value_network(states.copy())["state_value"]
+        assert all(torch.equal(v, want) for v in values) and not critic.compiled
+        print("CRITIC", *[str(w.message)[:38] for w in caught])
         """
     )
     env = {"CXX": "/nonexistent/c++", "PATH": "/nonexistent", "TORCHINDUCTOR_CACHE_DIR": "/tmp/awr-no-cxx-cache"}
@@ -356,6 +366,8 @@ def test_a_failing_compilation_falls_back_to_eager_with_one_warning():
     _, count, message = result.split(" ", 2)
     assert count == "2", result  # one line per phase, then eager
     assert message.startswith("critic_phase: compiling the update step failed"), message
+    critic = next(line for line in out.stdout.splitlines() if line.startswith("CRITIC "))
+    assert critic == "CRITIC relabel: compiling the critic failed (", critic  # once, then eagerly
 
 
 def test_compiled_step_is_one_graph_without_host_sync():

@@ -17,6 +17,8 @@ transitions into trajectory order:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
@@ -27,6 +29,16 @@ from torchrl_awr.compat import fifo_start, values_from_tensordict
 from torchrl_awr.loss import AWRLoss, standardize
 
 TRAJ_KEY: NestedKey = ("collector", "traj_ids")
+Critic = Callable[[TensorDictBase], Tensor]  # V(s) of a batch of states (the value network's in_keys), as a tensor
+
+
+def value_network_pass(loss: AWRLoss) -> Critic:
+    """The loss's value network as a :data:`Critic`: ``V(s)`` of a batch of states, read from the network's output."""
+
+    def critic(states: TensorDictBase) -> Tensor:
+        return loss.value_network(states).get(loss.tensor_keys.value)
+
+    return critic
 
 
 def chronological_indices(buffer: ReplayBuffer) -> torch.Tensor:
@@ -81,6 +93,7 @@ def relabel(
     loss: AWRLoss,
     *,
     traj_key: NestedKey | None = TRAJ_KEY,
+    critic: Critic | None = None,
 ) -> dict[str, float]:
     """Recompute ``value_target`` and ``advantage`` for every transition in ``buffer``.
 
@@ -101,6 +114,8 @@ def relabel(
             ``("collector", "traj_ids")``). If the buffer lacks it, or ``None``
             is passed, storage order is taken as the time order of one stream
             (a single env, or an offline dataset stored path after path).
+        critic: ``V(s)`` of a batch of states; defaults to the loss's value network
+            (:class:`~torchrl_awr.AWRUpdate` passes its compiled :class:`~torchrl_awr.update.CompiledCritic`).
 
     Returns:
         Buffer-wide diagnostics of the raw advantages: ``advantage_mean``, ``advantage_std``,
@@ -143,7 +158,7 @@ def relabel(
         raise ValueError(f"relabel: non-finite value in {('next', keys.reward)!r} of the replay buffer.")
     done = sequence.get(("next", keys.done))
     sequence.set(("next", keys.done), done | last.view_as(done))
-    value, next_value = state_values(loss, sequence)
+    value, next_value = state_values(loss, sequence, critic)
     sequence.set(keys.value, value)
     sequence.set(("next", keys.value), next_value)
     sequence = sequence.unsqueeze(0)  # one time axis: [1, N]
@@ -164,22 +179,23 @@ def relabel(
     return _diagnostics(advantage, value_target)
 
 
-def state_values(loss: AWRLoss, sequence: TensorDictBase) -> tuple[Tensor, Tensor]:
+def state_values(loss: AWRLoss, sequence: TensorDictBase, critic: Critic | None = None) -> tuple[Tensor, Tensor]:
     """``V(s)`` and ``V(s')`` over transitions in trajectory order, with one critic pass over the states.
 
     Within a trajectory ``s'`` of one step is the next step's ``s``: ``V(s')`` is read from the next row, and the
     critic runs on ``s'`` only where it is not (the row's ``done`` is set, or its ``s'`` differs from the next row's
     ``s``: a trajectory's end, a cut, a gap). Rows go through the critic in chunks of the estimator's
-    ``value_chunk_size``.
+    ``value_chunk_size``, through ``critic`` (default: the loss's value network).
     """
     keys = loss.tensor_keys
     in_keys = loss.value_network.in_keys
     chunk = loss.value_estimator.value_chunk_size or sequence.shape[0]
+    critic = critic or value_network_pass(loss)
 
-    def critic(inputs: TensorDictBase) -> Tensor:
-        return torch.cat([loss.value_network(part).get(keys.value) for part in inputs.split(chunk)])
+    def chunked(inputs: TensorDictBase) -> Tensor:
+        return torch.cat([critic(part) for part in inputs.split(chunk)])
 
-    value = critic(sequence.select(*in_keys))
+    value = chunked(sequence.select(*in_keys))
     apart = sequence.get(("next", keys.done)).reshape(-1).clone()
     for key in in_keys:
         state, next_state = sequence.get(key), sequence.get(("next", key))
@@ -188,7 +204,7 @@ def state_values(loss: AWRLoss, sequence: TensorDictBase) -> tuple[Tensor, Tenso
     next_value = torch.empty_like(value)
     next_value[:-1] = value[1:]
     rows = apart.nonzero().squeeze(-1)
-    next_value[rows] = critic(sequence.get("next").select(*in_keys)[rows])
+    next_value[rows] = chunked(sequence.get("next").select(*in_keys)[rows])
     return value, next_value
 
 
@@ -204,18 +220,18 @@ def _diagnostics(advantage: Tensor, value_target: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def refresh_advantages(buffer: ReplayBuffer, loss: AWRLoss) -> dict[str, float]:
+def refresh_advantages(buffer: ReplayBuffer, loss: AWRLoss, *, critic: Critic | None = None) -> dict[str, float]:
     """Recompute ``advantage = value_target − V(s)`` over the whole buffer against its stored targets.
 
     For targets computed once (offline, ``relabel="once"``) and kept: only the critic changed. Standardised over
     the buffer as :func:`relabel` does when the loss's ``normalize_advantage`` is ``"buffer"``; returns the same
-    diagnostics.
+    diagnostics. ``critic`` as in :func:`relabel`.
     """
     keys = loss.tensor_keys
     n = len(buffer)
     data = buffer.storage[:n].select(*loss.value_network.in_keys, keys.value_target)
     value_target = data.get(keys.value_target)
-    advantage = value_target - loss.value_network(data).get(keys.value)
+    advantage = value_target - (critic or value_network_pass(loss))(data.select(*loss.value_network.in_keys))
     stored = standardize(advantage) if loss.normalize_advantage == "buffer" else advantage
     buffer.storage[torch.arange(n)] = TensorDict({keys.advantage: stored}, batch_size=[n])
     return _diagnostics(advantage, value_target)

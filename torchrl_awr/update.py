@@ -14,7 +14,8 @@ function of the minibatch indices:
   exactly what the eager step would have left.
 
 An optimizer the graph cannot express, or a machine where compilation fails (no C++ compiler, an operator that
-cannot be traced), falls back to the eager step with one warning line.
+cannot be traced), falls back to the eager step with one warning line. With ``compile=True`` the critic's passes
+over the whole buffer in :func:`relabel` are one compiled graph too (:class:`CompiledCritic`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_awr.errors import one_line
 from torchrl_awr.loss import AWRLoss, inputs_checked
-from torchrl_awr.targets import chronological_indices, refresh_advantages, relabel
+from torchrl_awr.targets import Critic, chronological_indices, refresh_advantages, relabel, value_network_pass
 
 LossFn = Callable[[TensorDictBase], tuple[Tensor, dict[str, Tensor]]]
 
@@ -410,6 +411,46 @@ class RegressionPhase(LoggedUpdate):
 RELABEL = ("refresh", "once")  # offline.relabel
 
 
+class CompiledCritic:
+    """``V(s)`` of a batch of states through ``loss``'s value network, compiled once with a symbolic batch size.
+
+    The :data:`~torchrl_awr.targets.Critic` that :class:`AWRUpdate` with ``compile=True`` gives :func:`relabel`
+    for its passes over the whole buffer (chunks of any size reuse one graph; a chunk of one row compiles a
+    second). Where compilation fails it warns once and runs the network eagerly.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_awr import AWRLoss, make_awr_actor, make_awr_value
+        >>> loss = AWRLoss(make_awr_actor(3, Bounded(-1.0, 1.0, shape=(1,))), make_awr_value(3))
+        >>> states = TensorDict(observation=torch.randn(100, 3), batch_size=[100])
+        >>> with torch.no_grad():
+        ...     torch.allclose(CompiledCritic(loss)(states), loss.value_network(states.copy())["state_value"])
+        True
+    """
+
+    def __init__(self, loss: AWRLoss) -> None:
+        self.eager: Critic = value_network_pass(loss)
+        self.compiled = True
+        self._graph = torch.compile(self.eager, dynamic=True)
+        self._ready = False  # a call has run the graph (compilation failures surface at the first call)
+
+    def __call__(self, states: TensorDictBase) -> Tensor:
+        if not self.compiled:
+            return self.eager(states)
+        if self._ready:
+            return self._graph(states)
+        try:
+            values = self._graph(states)
+        except Exception as err:  # noqa: BLE001 - compilation fails before the pass runs: fall back, say why
+            warnings.warn(f"relabel: compiling the critic failed ({one_line(err)}); running it eagerly.", stacklevel=2)
+            self.compiled = False
+            return self.eager(states)
+        self._ready = True
+        return values
+
+
 class AWRUpdate(LoggedUpdate):
     """One AWR update over the whole replay buffer: the paper's Algorithm 1 after collection.
 
@@ -428,7 +469,8 @@ class AWRUpdate(LoggedUpdate):
     Keyword Args:
         actor_steps, critic_steps, batch_size: the phases' sizes (1000, 200, 256).
         relabel: ``"refresh"`` or ``"once"``.
-        device, compile, cudagraphs: for both :class:`RegressionPhase` (see there).
+        device, compile, cudagraphs: for both :class:`RegressionPhase` (see there); ``compile`` also compiles the
+            critic's passes over the buffer (:class:`CompiledCritic`).
 
     Examples:
         >>> import torch
@@ -472,6 +514,7 @@ class AWRUpdate(LoggedUpdate):
         self.replay_buffer = replay_buffer
         self.relabel = relabel
         self.fixed_targets: Tensor | None = None  # relabel="once": the returns kept from the first update
+        self.critic: Critic | None = CompiledCritic(loss_module) if compile else None  # relabel's V(s) passes
         keys = loss_module.tensor_keys
         phase = {"replay_buffer": replay_buffer, "batch_size": batch_size, "device": device, "compile": compile,
                  "cudagraphs": cudagraphs}
@@ -488,13 +531,13 @@ class AWRUpdate(LoggedUpdate):
     def __call__(self) -> None:
         buffer, loss = self.replay_buffer, self.loss_module
         if self.relabel == "refresh" or self.fixed_targets is None:
-            relabel(buffer, loss)  # R: TD(λ) returns over the whole buffer with the current V
+            relabel(buffer, loss, critic=self.critic)  # R: TD(λ) returns over the whole buffer with the current V
             self._keep_targets()
         critic = self.critic_phase()  # V ← argmin E ‖R − V(s)‖²
         if self.relabel == "refresh":
-            targets = relabel(buffer, loss)  # R and A = R − V(s) with the new V
+            targets = relabel(buffer, loss, critic=self.critic)  # R and A = R − V(s) with the new V
         else:
-            targets = refresh_advantages(buffer, loss)  # A = R − V(s) with the new V, against the kept R
+            targets = refresh_advantages(buffer, loss, critic=self.critic)  # A = R − V(s) with the new V, kept R
         actor = self.actor_phase()  # π ← argmax E[log π(a|s) · min(exp(A/β), max_weight)]
         self.metrics = {**critic, **{f"relabel/{k}": v for k, v in targets.items()}, **actor}
 

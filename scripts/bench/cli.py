@@ -55,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="also cProfile our update step, relabel and collector; print the top N functions",
     )
-    parser.add_argument("--no-compile", action="store_true", help="learner: leave out the compiled variants")
+    parser.add_argument("--no-compile", action="store_true", help="learner, relabel: leave out the compiled variants")
     parser.add_argument("overrides", nargs="*", help="config overrides for every section, e.g. env.num_envs=16")
     args = parser.parse_args(argv)
     args.e2e_repeats = args.repeats or 1  # one end-to-end pair takes minutes

@@ -19,7 +19,7 @@ from torchrl_awr import AWRLoss, make_env, relabel
 from torchrl_awr.buffers import make_replay_buffer
 from torchrl_awr.builders import make_loss, make_optimizers
 from torchrl_awr.models import observation_norm_of
-from torchrl_awr.update import AWRUpdate, shuffled_indices
+from torchrl_awr.update import AWRUpdate, CompiledCritic, shuffled_indices
 
 from .common import (
     BUFFER_SIZE,
@@ -248,22 +248,35 @@ def filled_buffer(cfg: DictConfig, tmpdir: Path) -> tuple[ReplayBuffer, AWRLoss]
 def bench_relabel(args: argparse.Namespace, tmpdir: Path) -> dict:
     cfg = base_config(f"buffer.size={BUFFER_SIZE}")
     buffer, loss = filled_buffer(cfg, tmpdir)
-    relabel(buffer, loss)  # warm-up; the first call also allocates value_target/advantage in the storage
-    ms = [timed(lambda: relabel(buffer, loss)) * 1e3 for _ in range(args.repeats)]
+    runs = {"eager": lambda: relabel(buffer, loss)}
+    if not args.no_compile:  # what AWRUpdate relabels with under optim.compile (the default)
+        critic = CompiledCritic(loss)
+        runs["compiled"] = lambda: relabel(buffer, loss, critic=critic)
+    for run in runs.values():  # warm-up (compiles); the first call also allocates value_target/advantage
+        run()
+    ms = interleaved({name: lambda run=run: timed(run) * 1e3 for name, run in runs.items()}, args.repeats)
     result = {
         "buffer_size": len(buffer),
         "write_count": int(buffer.write_count),
         "leaves_per_transition": len(list(buffer.storage.get(torch.arange(1)).keys(True, True))),
-        "ms": statistics.median(ms),
-        "ms_all": ms,
+        "ms": statistics.median(ms["eager"]),
+        "ms_all": ms["eager"],
     }
+    if "compiled" in ms:
+        result.update(compiled_ms=statistics.median(ms["compiled"]), compiled_ms_all=ms["compiled"],
+                      compiled_ratio=paired(ms["compiled"], ms["eager"]))
     if args.profile:
         result["profile"] = profile(lambda: [relabel(buffer, loss) for _ in range(5)], args.profile)
     return result
 
 
 def relabel_rows(r: dict) -> list[Row]:
-    return [("relabel", f"relabel over {r['buffer_size']:,} transitions", r["ms"], None, None, "ms")]
+    n = f"{r['buffer_size']:,}"
+    rows: list[Row] = [("relabel", f"relabel over {n} transitions, eager critic", r["ms"], None, None, "ms")]
+    if "compiled_ms" in r:
+        rows.append(("relabel", f"relabel over {n} transitions, compiled critic (optim.compile) vs eager",
+                     r["compiled_ms"], r["ms"], r["compiled_ratio"], "ms"))
+    return rows
 
 
 UPDATE = Section("update", bench_update, update_rows)
