@@ -514,7 +514,7 @@ class AWRUpdate(LoggedUpdate):
         self.replay_buffer = replay_buffer
         self.relabel = relabel
         self.fixed_targets: Tensor | None = None  # relabel="once": the returns kept from the first update
-        self.critic: Critic | None = CompiledCritic(loss_module) if compile else None  # relabel's V(s) passes
+        self.critic_pass: Critic | None = CompiledCritic(loss_module) if compile else None  # relabel's V(s) passes
         keys = loss_module.tensor_keys
         phase = {"replay_buffer": replay_buffer, "batch_size": batch_size, "device": device, "compile": compile,
                  "cudagraphs": cudagraphs}
@@ -531,13 +531,13 @@ class AWRUpdate(LoggedUpdate):
     def __call__(self) -> None:
         buffer, loss = self.replay_buffer, self.loss_module
         if self.relabel == "refresh" or self.fixed_targets is None:
-            relabel(buffer, loss, critic=self.critic)  # R: TD(λ) returns over the whole buffer with the current V
+            relabel(buffer, loss, critic=self.critic_pass)  # R: TD(λ) returns over the whole buffer with the current V
             self._keep_targets()
         critic = self.critic_phase()  # V ← argmin E ‖R − V(s)‖²
         if self.relabel == "refresh":
-            targets = relabel(buffer, loss, critic=self.critic)  # R and A = R − V(s) with the new V
+            targets = relabel(buffer, loss, critic=self.critic_pass)  # R and A = R − V(s) with the new V
         else:
-            targets = refresh_advantages(buffer, loss, critic=self.critic)  # A = R − V(s) with the new V, kept R
+            targets = refresh_advantages(buffer, loss, critic=self.critic_pass)  # A = R − V(s) with the new V, kept R
         actor = self.actor_phase()  # π ← argmax E[log π(a|s) · min(exp(A/β), max_weight)]
         self.metrics = {**critic, **{f"relabel/{k}": v for k, v in targets.items()}, **actor}
 

@@ -88,7 +88,7 @@ def bench_iteration(args: argparse.Namespace, tmpdir: Path) -> dict:
 
     # The optimisation stage split into its hooks, by separate calls on the trainer's own full buffer.
     loss = trainer.loss_module
-    critic = trainer.update.critic  # compiled with optim.compile (the default), as the trainer relabels
+    critic = trainer.update.critic_pass  # compiled with optim.compile (the default), as the trainer relabels
     relabel_s = statistics.median(timed(lambda: relabel(buffer, loss, critic=critic)) for _ in range(args.repeats))
     phases = {}
     for hook in (trainer.update.critic_phase, trainer.update.actor_phase):  # the trainer's own phases
