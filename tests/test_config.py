@@ -141,6 +141,8 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     assert (cheetah.eval.interval, cheetah.checkpoint.interval) == (20, 20)
     lander = load_config(["env.name=LunarLander-v3", "recipe=tuned"])
     assert (lander.optim.optimizer, lander.model.layer_norm, lander.model.activation) == ("adam", True, "elu")
+    humanoid = load_config(["env.name=Humanoid-v5"])  # LayerNorm + ELU won on Humanoid too (3 seeds)
+    assert (humanoid.optim.optimizer, humanoid.model.layer_norm, humanoid.model.activation) == ("adam", True, "elu")
     ant = load_config(["env.name=Ant-v5"])  # less exploration noise won on Ant: 0.05 against the original's 0.2
     assert (ant.optim.optimizer, ant.model.action_std, ant.optim.actor_lr) == ("adam", pytest.approx(0.05), 1e-4)
     walker = load_config(["env.name=Walker2d-v5"])  # half the actor steps: equal returns (more on Ant), less time
