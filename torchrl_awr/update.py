@@ -174,6 +174,31 @@ def loss_owner(loss_fn: LossFn) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
+class CompiledOrEager:
+    """``compiled(*args)``; if its first call raises (compilation fails before anything runs), one warning line
+    ``"<failure> (<why>); <fallback>."`` and ``eager(*args)`` from then on (:attr:`ok` turns ``False``)."""
+
+    def __init__(self, compiled: Callable, eager: Callable, failure: str, fallback: str) -> None:
+        self.compiled, self.eager = compiled, eager
+        self.failure, self.fallback = failure, fallback
+        self.ok = True
+        self._ran = False  # a call has run the compiled function
+
+    def __call__(self, *args: Any) -> Any:
+        if self._ran:
+            return self.compiled(*args)
+        if not self.ok:
+            return self.eager(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as err:  # noqa: BLE001 - compilation fails before the call runs: fall back, say why
+            warnings.warn(f"{self.failure} ({one_line(err)}); {self.fallback}.", stacklevel=3)
+            self.ok = False
+            return self.eager(*args)
+        self._ran = True
+        return out
+
+
 class LoggedUpdate(TrainerHookBase):
     """An update run at ``pre_optim_steps`` whose metrics (``self.metrics``) the trainer logs at ``post_steps_log``.
 
@@ -275,7 +300,10 @@ class RegressionPhase(LoggedUpdate):
             names = {id(p): n for n, p in self._objective.named_parameters(remove_duplicate=False)}
             self._param_names = [names[id(p)] for p in self.params]
             self._update_fn = UPDATES[type(optimizer)]
-            self._compiled_step = torch.compile(self._graph_step, fullgraph=True, dynamic=False)
+            self._compiled_step = CompiledOrEager(
+                torch.compile(self._graph_step, fullgraph=True, dynamic=False), self._eager_step,
+                f"{name}: compiling the update step failed", "updating eagerly",
+            )
             self._state: list[dict[str, Tensor]] | None = None
             self._traced = self._graph_ready = False
         self._update = CudaGraphModule(self._step, warmup=2) if cudagraphs else self._step
@@ -343,15 +371,9 @@ class RegressionPhase(LoggedUpdate):
             # registry the graph's guards read (compiled first, the graph would be compiled twice).
             return self._graph_step(index)
         self._graph_ready = True
-        try:
-            return self._compiled_step(index)
-        except Exception as err:  # noqa: BLE001 - compilation fails before the step runs: fall back, say why
-            warnings.warn(
-                f"{self.name}: compiling the update step failed ({one_line(err)}); updating eagerly.",
-                stacklevel=2,
-            )
-            self.compiled = False
-            return self._eager_step(index)
+        metrics = self._compiled_step(index)
+        self.compiled = self._compiled_step.ok  # a failed compilation: every later step eagerly
+        return metrics
 
     def _step(self, index: Tensor) -> None:
         metrics = self._compiled_or_eager(index) if self.compiled else self._eager_step(index)
@@ -431,24 +453,18 @@ class CompiledCritic:
     """
 
     def __init__(self, loss: AWRLoss) -> None:
-        self.eager: Critic = value_network_pass(loss)
-        self.compiled = True
-        self._graph = torch.compile(self.eager, dynamic=True)
-        self._ready = False  # a call has run the graph (compilation failures surface at the first call)
+        eager = value_network_pass(loss)
+        self._pass = CompiledOrEager(
+            torch.compile(eager, dynamic=True), eager, "relabel: compiling the critic failed", "running it eagerly"
+        )
+
+    @property
+    def compiled(self) -> bool:
+        """``False`` once compilation failed (the network then runs eagerly)."""
+        return self._pass.ok
 
     def __call__(self, states: TensorDictBase) -> Tensor:
-        if not self.compiled:
-            return self.eager(states)
-        if self._ready:
-            return self._graph(states)
-        try:
-            values = self._graph(states)
-        except Exception as err:  # noqa: BLE001 - compilation fails before the pass runs: fall back, say why
-            warnings.warn(f"relabel: compiling the critic failed ({one_line(err)}); running it eagerly.", stacklevel=2)
-            self.compiled = False
-            return self.eager(states)
-        self._ready = True
-        return values
+        return self._pass(states)
 
 
 class AWRUpdate(LoggedUpdate):
