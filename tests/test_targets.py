@@ -396,8 +396,9 @@ def test_relabel_runs_the_critic_once_per_state_and_on_next_states_only_where_th
 
 def test_compiled_critic_relabels_as_the_eager_one_with_one_graph_for_every_buffer_size():
     """AWRUpdate(compile=True)'s critic for relabel: the same targets and advantages as the eager network (the
-    AWR critic with LayerNorm and ELU, in chunks of 64 rows) at every fill of a circular buffer, and one graph
-    for all chunk sizes (a one-row chunk may add a second), no graph break."""
+    AWR critic with LayerNorm and ELU, in chunks of 100 rows) at every fill of a circular buffer, and one graph
+    for all chunk sizes, no graph break: the buffer is first one chunk, then several (views of a larger tensor,
+    which compiled a second graph before the critic detached its input)."""
     from torch._dynamo.utils import counters
 
     from torchrl_awr.update import CompiledCritic
@@ -406,7 +407,7 @@ def test_compiled_critic_relabels_as_the_eager_one_with_one_graph_for_every_buff
         torch.manual_seed(0)
         layers = {"layer_norm": True, "activation": "elu"}
         loss = AWRLoss(make_awr_actor(OBS, Bounded(-1.0, 1.0, shape=(1,)), **layers), make_awr_value(OBS, **layers))
-        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=GAMMA, lmbda=LMBDA, value_chunk_size=64)
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=GAMMA, lmbda=LMBDA, value_chunk_size=100)
         return loss
 
     eager, ours = awr_loss(), awr_loss()
@@ -423,7 +424,7 @@ def test_compiled_critic_relabels_as_the_eager_one_with_one_graph_for_every_buff
         for key in ("value_target", "advantage"):
             torch.testing.assert_close(rb_ours.storage[:n][key], rb_eager.storage[:n][key], rtol=1e-5, atol=1e-5)
     assert critic.compiled
-    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 

@@ -464,7 +464,8 @@ class CompiledCritic:
         return self._pass.ok
 
     def __call__(self, states: TensorDictBase) -> Tensor:
-        return self._pass(states)
+        # detached: no view of a larger chunked buffer reaches the graph (its guards would compile a second one)
+        return self._pass(states.detach())
 
 
 class AWRUpdate(LoggedUpdate):
