@@ -190,7 +190,8 @@ PRESETS: dict[str, dict[str, object]] = {
 # Ant fits its actor with 500 steps per iteration too: 2660, 1998, 2431 (mean 2363) against 2067, 1749, 2167,
 # better on each seed, each run ~4 minutes shorter; an actor lr of 3e-4 lost there (1721, 1582 on seeds 0, 1).
 # Then with 250 (BENCHMARKS.md "Ant with 250 actor steps, ..."): 2698, 2287, 2332 (mean 2439) against 500's 2660,
-# 1998, 2431: better on 2 of 3 seeds, within their spread, in ~0.9x the time. Humanoid's plain-MLP default re-run on
+# 1998, 2431: better on 2 of 3 seeds, within their spread, in ~0.9x the time (seeds 3, 4: 2527, 2348; five-seed mean
+# 2438; LayerNorm + ELU 2430 over the same five, β 0.5 2756, 738: neither kept). Humanoid's plain-MLP default re-run on
 # this machine (BENCHMARKS.md "Ant with 250 actor steps, and Humanoid re-measured") ends at 618, 560, 745 (mean 641);
 # with LayerNorm + ELU 732, 725, 552 (670; last three evaluations 688 against 626): better on 2 of 3 seeds, within
 # their spread, as on HalfCheetah, Walker2d and LunarLander.
