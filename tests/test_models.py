@@ -123,6 +123,30 @@ def test_tanh_actor_stays_in_bounds():
     assert spec.is_in(actions)
 
 
+def test_config_tanh_builds_a_squashed_actor_without_the_bound_penalty():
+    """``model.tanh=true``: TorchRL's TanhNormal inside Pendulum's ±2 bounds, and no penalty on a mean the squashing
+    already keeps inside them (its ``mean`` has no closed form); the default keeps the original's Gaussian."""
+    from torchrl.modules import TanhNormal
+
+    from torchrl_awr.builders import make_loss
+    from torchrl_awr.config import load_config
+    from torchrl_awr.envs import make_env
+
+    env = make_env("Pendulum-v1")
+    squashed = make_loss(load_config(["env.name=Pendulum-v1", "model.tanh=true", "model.action_std=2.0"]), env)
+    gaussian = make_loss(load_config(["env.name=Pendulum-v1", "model.action_std=2.0"]), env)
+    assert (squashed.action_bound_penalty, gaussian.action_bound_penalty) == (0.0, 10.0)
+    td = TensorDict(observation=torch.randn(512, 3), batch_size=[512])
+    with torch.no_grad():
+        assert isinstance(squashed.actor_network.get_dist(td), TanhNormal)
+        assert not isinstance(gaussian.actor_network.get_dist(td), TanhNormal)
+        actions = squashed.actor_network(td)["action"]
+    assert actions.abs().max() <= 2.0 and actions.abs().max() > 1.5  # std 2 in pre-squash units: near the bounds
+    td.update({"advantage": torch.randn(512, 1), "value_target": torch.randn(512, 1)})
+    out = squashed(td)
+    assert torch.isfinite(out["loss_actor"])
+
+
 def test_composite_action_spec_is_unwrapped():
     actor = make_awr_actor(OBS, Composite(action=Bounded(-2.0, 3.0, shape=(2,))), action_std=0.4)
     out = actor(obs_td())

@@ -159,8 +159,9 @@ def test_regression_phase_cudagraphs_needs_cuda():
 def awr_phases(device: str, optimizer: str, actor: str = "gaussian", steps: int = 12, **kwargs):
     """Both AWR phases on a fixed HalfCheetah-sized buffer (128 transitions), built identically for each call.
 
-    ``actor``: ``"gaussian"`` (fixed std, the original), ``"learned_std"``, ``"discrete"`` (one-hot, 4 actions) or
-    ``"layer_norm"`` (fixed std; actor and critic with LayerNorm and ELU).
+    ``actor``: ``"gaussian"`` (fixed std, the original), ``"learned_std"``, ``"discrete"`` (one-hot, 4 actions),
+    ``"layer_norm"`` (fixed std; actor and critic with LayerNorm and ELU) or ``"tanh"`` (TanhNormal, fixed std; its
+    actions strictly inside the bounds, as it samples them).
     """
     torch.manual_seed(0)
     n, discrete = 128, actor == "discrete"
@@ -170,12 +171,12 @@ def awr_phases(device: str, optimizer: str, actor: str = "gaussian", steps: int 
     if actor == "layer_norm":
         layers.update(layer_norm=True, activation="elu")
     loss = AWRLoss(
-        make_awr_actor(17, action_spec, learn_std=actor == "learned_std", **layers),
+        make_awr_actor(17, action_spec, learn_std=actor == "learned_std", tanh=actor == "tanh", **layers),
         make_awr_value(17, **layers),
-        action_bound_penalty=0.0 if discrete else 10.0,
+        action_bound_penalty=0.0 if discrete or actor == "tanh" else 10.0,
         action_spec=None if discrete else action_spec,
     ).to(device)
-    action = action_spec.rand((n,)).float() if discrete else torch.rand(n, 6) * 2 - 1
+    action = action_spec.rand((n,)).float() if discrete else torch.rand(n, 6) * 1.98 - 0.99
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(256, device=device))
     rb.extend(
         TensorDict(
@@ -238,7 +239,7 @@ def test_eager_phase_checks_its_data_once_not_every_step():
         loss.actor_loss(bad)
 
 
-@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "discrete", "layer_norm"])
+@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "discrete", "layer_norm", "tanh"])
 def test_compiled_sgd_update_matches_eager(actor):
     eager = run_phases("cpu", actor=actor)
     moved = {k: v for k, v in awr_phases("cpu", "sgd", actor=actor)[0].named_parameters()}
@@ -246,7 +247,7 @@ def test_compiled_sgd_update_matches_eager(actor):
     assert_same_updates(run_phases("cpu", actor=actor, compile=True), eager, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "layer_norm"])
+@pytest.mark.parametrize("actor", ["gaussian", "learned_std", "layer_norm", "tanh"])
 def test_compiled_adam_update_matches_eager(actor):
     """Two rounds of 3 steps: Adam divides by the root of tiny second moments, so float rounding differences
     between two correct implementations grow over many steps; a few steps compare the update rule itself."""

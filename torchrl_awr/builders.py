@@ -63,17 +63,20 @@ def make_loss(cfg: DictConfig, env: EnvBase) -> AWRLoss:
         layer_norm=cfg.model.layer_norm,
         action_std=cfg.model.action_std,
         learn_std=cfg.model.learn_std,
+        tanh=cfg.model.tanh,
         value_scale=value_scale,
         observation_clip=cfg.model.observation_clip or None,
     )
     continuous = action_spec.dtype.is_floating_point
+    # A tanh-squashed policy's actions never leave the bounds: the original's penalty on the mean has nothing to do.
+    bounded_by_penalty = continuous and not cfg.model.tanh
     loss = AWRLoss(
         actor,
         value,
         beta=cfg.loss.beta,
         max_weight=cfg.loss.max_weight,
         normalize_advantage=cfg.loss.normalize_advantage,
-        action_bound_penalty=cfg.loss.action_bound_penalty if continuous else 0.0,
+        action_bound_penalty=cfg.loss.action_bound_penalty if bounded_by_penalty else 0.0,
         action_spec=action_spec if continuous else None,
         entropy_coeff=cfg.loss.entropy_coeff,
         value_scale=value_scale,

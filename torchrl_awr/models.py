@@ -318,6 +318,7 @@ def make_awr_networks(
     layer_norm: bool = False,
     action_std: float = 0.4,
     learn_std: bool = False,
+    tanh: bool = False,
     value_scale: float = 1.0,
     observation_clip: float | None = None,
 ) -> tuple[ProbabilisticTensorDictSequential, TensorDictSequential]:
@@ -341,6 +342,7 @@ def make_awr_networks(
         layer_norm=layer_norm,
         action_std=action_std,
         learn_std=learn_std,
+        tanh=tanh,
         observation_norm=norm,
     )
     value = make_awr_value(

@@ -96,8 +96,8 @@ def plain_args(cfg: DictConfig, out: str = "") -> Args:
     Raises:
         ValueError: the config uses something the plain loop does not have.
     """
-    if cfg.model.learn_std or cfg.loss.entropy_coeff:
-        raise ValueError("the plain-PyTorch baseline has a fixed action std and no entropy bonus")
+    if cfg.model.learn_std or cfg.model.tanh or cfg.loss.entropy_coeff:
+        raise ValueError("the plain-PyTorch baseline has a Gaussian policy with a fixed std and no entropy bonus")
     return Args(
         env_id=cfg.env.name,
         seed=cfg.seed,
