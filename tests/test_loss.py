@@ -472,6 +472,19 @@ def test_nan_penalty_or_entropy_coeff_rejected(name):
         AWRLoss(continuous_actor(), make_awr_value(OBS), **{name: float("nan")})
 
 
+@pytest.mark.parametrize("key", ["action_bound_penalty", "entropy_coeff"])
+def test_a_squashed_actor_refuses_a_bound_penalty_or_entropy_bonus_when_built(key):
+    """TanhNormal has neither a closed-form mean (the penalty's input) nor entropy: one clear error naming the value
+    at construction, not a NotImplementedError from deep inside the first forward (the penalty's, before)."""
+    spec = Bounded(LOW, HIGH, shape=(2,))
+    with pytest.raises(ValueError, match=rf"AWRLoss: {key}=0\.5 .*set {key}=0\."):
+        AWRLoss(make_awr_actor(OBS, spec, tanh=True), make_awr_value(OBS), action_spec=spec, **{key: 0.5})
+    loss = AWRLoss(make_awr_actor(OBS, spec, tanh=True), make_awr_value(OBS), action_spec=spec)
+    batch = continuous_batch()
+    batch["action"] = batch["action"].clamp(LOW + 0.01, HIGH - 0.01)
+    assert torch.isfinite(loss(batch)["loss_actor"])
+
+
 def test_missing_advantage_and_reward_raises():
     loss = AWRLoss(continuous_actor(), make_awr_value(OBS))
     batch = continuous_batch().exclude("advantage", "value_target")

@@ -141,12 +141,11 @@ def _distribution_module(actor: torch.nn.Module) -> ProbabilisticTensorDictModul
     return next((m for m in reversed(list(actor.modules())) if isinstance(m, ProbabilisticTensorDictModule)), None)
 
 
-def _has_analytic_entropy(actor: torch.nn.Module) -> bool:
-    """Whether the actor's distribution class has a closed-form ``entropy`` (TanhNormal has none).
+def _distribution_class(actor: torch.nn.Module) -> type[torch.distributions.Distribution] | None:
+    """The actor's distribution class (``functools.partial`` unwrapped), or ``None`` where it cannot be found.
 
-    A class-level check, as :func:`torchrl.modules.distributions.utils.has_analytic_entropy` does for an
-    instance, so that :attr:`AWRLoss.out_keys` is known before any batch is seen. An actor whose class cannot be
-    found is assumed to have one.
+    Class-level checks on it, as :func:`torchrl.modules.distributions.utils.has_analytic_entropy` does for an
+    instance, let :class:`AWRLoss` know its keys and refuse what it cannot compute before any batch is seen.
     """
     dist_class = next(
         (m.distribution_class for m in actor.modules() if getattr(m, "distribution_class", None) is not None), None
@@ -154,8 +153,22 @@ def _has_analytic_entropy(actor: torch.nn.Module) -> bool:
     while isinstance(dist_class, functools.partial):
         dist_class = dist_class.func
     if not isinstance(dist_class, type) or not issubclass(dist_class, torch.distributions.Distribution):
-        return True
-    return dist_class.entropy is not torch.distributions.Distribution.entropy
+        return None
+    return dist_class
+
+
+def _has_analytic_entropy(actor: torch.nn.Module) -> bool:
+    """Whether the actor's distribution class has a closed-form ``entropy`` (TanhNormal has none); an actor whose
+    class cannot be found is assumed to have one."""
+    dist_class = _distribution_class(actor)
+    return dist_class is None or dist_class.entropy is not torch.distributions.Distribution.entropy
+
+
+def _is_squashed(actor: torch.nn.Module) -> bool:
+    """Whether the actor's distribution is a transformed one (TanhNormal): no closed-form ``mean``, and its samples
+    already inside the bounds the transform maps onto."""
+    dist_class = _distribution_class(actor)
+    return dist_class is not None and issubclass(dist_class, torch.distributions.TransformedDistribution)
 
 
 def _check_positive(name: str, value: object, allow_zero: bool = False) -> None:
@@ -428,6 +441,12 @@ class AWRLoss(LossModule):
         if gamma is not None:
             self.gamma = gamma
         self.action_bound_penalty = float(action_bound_penalty)
+        if self.action_bound_penalty > 0 and _is_squashed(actor_network):
+            raise ValueError(
+                f"AWRLoss: action_bound_penalty={action_bound_penalty!r} penalises the policy mean, which the actor's "
+                "squashed distribution (e.g. TanhNormal) has no closed form of and keeps inside the bounds: "
+                "set action_bound_penalty=0."
+            )
         if self.action_bound_penalty > 0:
             low, high = self._action_bounds(action_spec)
             self.register_buffer("_action_mid", (high + low) / 2)
