@@ -242,7 +242,8 @@ def test_missing_equal_sign():
 
 @pytest.mark.parametrize(
     ("override", "value"),
-    [("loss.beta=abc", "abc"), ("env.num_envs=2.5", "2.5"), ("optim.actor_steps=many", "many")],
+    [("loss.beta=abc", "abc"), ("env.num_envs=2.5", "2.5"), ("optim.actor_steps=many", "many"),
+     ("optim.unroll=two", "two")],
 )
 def test_wrong_type_names_the_value(override, value):
     message = _one_line_error([override])
@@ -263,6 +264,7 @@ def test_wrong_type_names_the_key():
         ("loss.max_weight=0", "loss.max_weight=0.0"),
         ("loss.max_weight=-2", "loss.max_weight=-2.0"),
         ("optim.batch_size=0", "optim.batch_size=0"),
+        ("optim.unroll=0", "optim.unroll=0"),
         ("env.num_envs=0", "env.num_envs=0"),
         ("optim.actor_lr=-1e-3", "optim.actor_lr=-0.001"),
     ],

@@ -302,6 +302,38 @@ def test_compiled_phases_compile_once_for_the_run():
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+def test_compiled_phase_runs_unroll_steps_per_graph_call():
+    """Each call of the graph runs ``unroll`` update steps (the same updates as eager, step by step); a phase whose
+    steps it does not divide runs one step per call; steps changed later (an offline last round) that it does not
+    divide end with their remainder done eagerly, still the same updates."""
+    eager = run_phases("cpu", "adam", steps=4)
+    ours = awr_phases("cpu", "adam", steps=4, compile=True, unroll=4)
+    shapes = []
+    for phase in ours[1:]:
+        graph = phase._compiled_steps.compiled
+
+        def counted(indices, graph=graph):
+            shapes.append(tuple(indices.shape))
+            graph(indices)
+
+        phase._compiled_steps.compiled = counted
+    logged = [phase() for _ in range(2) for phase in ours[1:]]
+    assert shapes == [(4, 32)] * 2  # per phase: its first call runs uncompiled, the second compiled
+    assert_same_updates(({k: v.detach() for k, v in ours[0].named_parameters()}, logged), eager, rtol=1e-5, atol=1e-6)
+    assert [phase.unroll for phase in awr_phases("cpu", "sgd", steps=3, compile=True, unroll=2)[1:]] == [1, 1]
+
+    def with_a_cut_round(compile):
+        loss, critic, actor = awr_phases("cpu", "sgd", steps=12, compile=compile)
+        logged = [critic(), actor()]
+        critic.steps = actor.steps = 5  # 2 calls of the two-step graph, then one eager step
+        logged += [critic(), actor()]
+        return {k: v.detach() for k, v in loss.named_parameters()}, logged
+
+    assert_same_updates(with_a_cut_round(True), with_a_cut_round(False), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"critic_phase: unroll=0; it must be an integer >= 1\."):
+        awr_phases("cpu", "sgd", compile=True, unroll=0)
+
+
 def test_compiled_phase_resumes_from_a_loaded_optimizer_state():
     """load_state_dict replaces the optimizer's state tensors: the graph must update the loaded ones."""
     loss_a, *phases_a = awr_phases("cpu", "adam", compile=True, steps=3)

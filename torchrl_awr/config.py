@@ -82,6 +82,9 @@ class OptimConfig:
     batch_size: int = 256
     # each update step (minibatch, loss, gradients, SGD/Adam update) as one torch.compile graph; false: eager
     compile: bool = True
+    # compile: update steps per call of a phase's graph, where it divides the phase's steps (else 1); 2 ran the
+    # learner phase in ~0.85x the CPU time of 1, compiling about twice as long (BENCHMARKS.md "Fast by default")
+    unroll: int = 2
     cudagraphs: bool = False  # capture each phase's update step as a CUDA graph (device=cuda)
 
 
@@ -253,6 +256,7 @@ POSITIVE = (
     "optim.actor_lr",
     "optim.critic_lr",
     "optim.batch_size",
+    "optim.unroll",
     "model.action_std",
     "eval.interval",
     "eval.episodes",

@@ -265,6 +265,7 @@ def build_trainer(
         device=device,
         compile=cfg.optim.compile,
         cudagraphs=cfg.optim.cudagraphs,
+        unroll=cfg.optim.unroll,
     )
     eval_env = env if offline else make_eval_env(cfg)
     starts_trained = bool(init_policy) and not offline  # eval.csv's first row: the policy it starts from

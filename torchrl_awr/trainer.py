@@ -265,6 +265,7 @@ class AWRTrainer(ResumableTrainer):
         seed: seed for torch, numpy and the collector.
         device: where the phases' minibatches live (default: the parameters' device).
         compile: each phase's update step as one :func:`torch.compile` graph.
+        unroll: with ``compile``, update steps per call of a phase's graph (where it divides the phase's steps).
         cudagraphs: capture each phase's update step as a CUDA graph (the loss on a CUDA device; with Adam,
             ``capturable=True``). The collector's policy may live elsewhere (a CPU copy):
             :class:`~torchrl.trainers.UpdateWeights` copies the learner's weights into it.
@@ -335,6 +336,7 @@ class AWRTrainer(ResumableTrainer):
         device: torch.device | str | None = None,
         compile: bool = False,
         cudagraphs: bool = False,
+        unroll: int = 2,
     ) -> None:
         online = collector is not None
         if not online and actor_steps <= 0:
@@ -369,7 +371,7 @@ class AWRTrainer(ResumableTrainer):
             mixed = MixedBuffer(with_target_slots(dataset, target_keys), replay_buffer, dataset_mix, anneal_frames)
             mixed.register(self)
             self.buffer = mixed.buffer
-        phase = {"device": device, "compile": compile, "cudagraphs": cudagraphs}
+        phase = {"device": device, "compile": compile, "cudagraphs": cudagraphs, "unroll": unroll}
         if bc_loss is None:
             self.update = AWRUpdate(
                 loss_module, self.buffer, actor_optimizer, critic_optimizer, actor_steps=actor_steps,
