@@ -29,17 +29,25 @@ REFERENCE = ROOT / "docs" / "reference" / "awr_original_curves.csv"  # from the 
 
 
 def read_reference(path: Path, task: str) -> dict[str, list[tuple[float, float]]]:
+    """The original's curves of ``task``, per seed; a ``ValueError`` naming the tasks there when it has none."""
+    if not path.is_file():
+        raise ValueError(f"--reference={str(path)!r} does not exist; pass the original's curves CSV.")
     curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    tasks = set()
     with path.open() as f:
         for row in csv.DictReader(f):
+            tasks.add(row["env"])
             if row["env"] == task:
                 curves[row["seed"]].append((float(row["samples"]), float(row["test_return"])))
     if not curves:
-        raise ValueError(f"task {task!r} not in {path}")
+        raise ValueError(f"--task={task!r} is not in {path.name}; choose one of: {', '.join(sorted(tasks))}.")
     return curves
 
 
 def read_run(path: Path) -> list[tuple[float, float]]:
+    """A run's evaluations as ``(frames, return)``; a ``ValueError`` when ``path`` holds no ``eval.csv``."""
+    if not (path / "eval.csv").is_file():
+        raise ValueError(f"--runs: {str(path)!r} holds no eval.csv; pass the output dirs of training runs.")
     with (path / "eval.csv").open() as f:
         return [(float(r["frames"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
 
@@ -75,20 +83,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-frames", type=float, default=3e6)
     args = parser.parse_args(argv)
-
-    reference = read_reference(args.reference, args.task)
+    labels = args.labels or [p.name for p in args.runs]
+    try:
+        if len(labels) != len(args.runs):
+            raise ValueError(f"--labels: {len(labels)} labels for {len(args.runs)} runs; give one per run.")
+        reference = read_reference(args.reference, args.task)
+        runs = [read_run(path) for path in args.runs]
+    except ValueError as err:
+        print(f"plot_curves.py: error: {err}", file=sys.stderr)
+        return 2
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.set_prop_cycle(color=[c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["black"])  # 7: gray
     grid = np.linspace(0, args.max_frames, 200)
     ref = np.stack([np.interp(grid, *zip(*sorted(c), strict=True)) for c in reference.values()])
     ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
     ax.fill_between(grid, ref.mean(0) - ref.std(0), ref.mean(0) + ref.std(0), color="gray", alpha=0.25)
-    labels = args.labels or [p.name for p in args.runs]
-    if len(labels) != len(args.runs):
-        parser.error(f"--labels: {len(labels)} labels for {len(args.runs)} runs; give one per run.")
     ours: dict[str, list[list[tuple[float, float]]]] = {}
-    for path, label in zip(args.runs, labels, strict=True):
-        ours.setdefault(label, []).append(read_run(path))
+    for run, label in zip(runs, labels, strict=True):
+        ours.setdefault(label, []).append(run)
     for label, curves in ours.items():  # runs sharing a label: their mean, and ± one std shaded
         if len(curves) == 1:
             ax.plot(*zip(*curves[0], strict=True), label=label)

@@ -35,4 +35,21 @@ def test_a_label_count_that_does_not_match_the_runs_is_one_line(tmp_path) -> Non
     done = run_script(PLOT, "--task", "half_cheetah", "--out", str(tmp_path / "p.png"), "--runs",
                       str(tmp_path / "a0"), "--labels", "A", "B")
     assert done.returncode == 2
-    assert "2 labels for 1 runs" in done.stderr.strip().splitlines()[-1]
+    assert done.stderr.strip() == "plot_curves.py: error: --labels: 2 labels for 1 runs; give one per run."
+
+
+def test_an_unknown_task_or_a_dir_without_eval_csv_is_one_line_naming_it(tmp_path) -> None:
+    """Both ended in a traceback before."""
+    write_run(tmp_path / "a0", [1.0, 2.0])
+    done = run_script(PLOT, "--task", "halfcheetah", "--out", str(tmp_path / "p.png"), "--runs", str(tmp_path / "a0"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "plot_curves.py: error: --task='halfcheetah' is not in awr_original_curves.csv; choose one of: ant, "
+        "half_cheetah, hopper, humanoid, lunarlander, walker."
+    )
+    done = run_script(PLOT, "--task", "half_cheetah", "--out", str(tmp_path / "p.png"), "--runs", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"plot_curves.py: error: --runs: {str(tmp_path)!r} holds no eval.csv; pass the output dirs of training runs."
+    )
+    assert not (tmp_path / "p.png").exists()
