@@ -83,7 +83,7 @@ class OptimConfig:
     # each update step (minibatch, loss, gradients, SGD/Adam update) as one torch.compile graph; false: eager
     compile: bool = True
     # compile: update steps per call of a phase's graph, where it divides the phase's steps (else 1); 2 ran the
-    # learner phase in ~0.85x the CPU time of 1, compiling about twice as long (BENCHMARKS.md "Fast by default")
+    # learner phase in 0.82x the time of 1, compiling ~15 s longer (BENCHMARKS.md "Two update steps per call ...")
     unroll: int = 2
     cudagraphs: bool = False  # capture each phase's update step as a CUDA graph (device=cuda)
 
