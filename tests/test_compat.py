@@ -151,3 +151,84 @@ def test_state_norm_clips_the_standardised_observation():
     norm.scale.fill_(0.01)  # a dim seen constant while the statistics were fitted: 0.1 away is 10 stds
     out = norm(TensorDict(observation=torch.tensor([[0.1, -0.02]]), batch_size=[1]))["observation_norm"]
     torch.testing.assert_close(out, torch.tensor([[3.0, -2.0]]))
+
+
+def _python_calls(fn) -> int:
+    """How many Python function calls ``fn()`` makes (a count, not a timing)."""
+    import sys
+
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def _networks():
+    from torchrl.data import Bounded, Categorical, OneHot
+
+    box = Bounded(-2.0, 1.0, shape=(3,))
+    kinds = {
+        "gaussian": (box, {}),
+        "learned std": (box, {"learn_std": True}),
+        "tanh": (box, {"tanh": True}),
+        "layer norm + elu": (box, {"layer_norm": True, "activation": "elu"}),
+        "one-hot": (OneHot(4), {}),
+        "categorical": (Categorical(4), {}),
+    }
+    for name, (spec, kwargs) in kinds.items():
+        yield name, make_awr_actor(5, spec, **kwargs).det_part
+    yield "critic", make_awr_value(5)
+
+
+def test_tensor_chain_gives_the_sequence_outputs_without_its_machinery():
+    from torchrl_awr.compat import TensorChain
+
+    td = TensorDict(observation=torch.randn(7, 5), batch_size=[7])
+    for name, sequence in _networks():
+        chain = TensorChain.of(sequence)
+        assert chain is not None, name
+        expected = sequence(td.clone())
+        out = chain(td)
+        assert set(out) == set(expected.keys(True, True)), name
+        for key, value in out.items():
+            assert torch.equal(value, expected.get(key)), (name, key)
+        through_tensordict = _python_calls(lambda s=sequence: s(td.clone()))
+        through_chain = _python_calls(lambda c=chain: c(td))
+        assert through_chain * 3 < through_tensordict, (
+            f"{name}: tensordict's module call now makes {through_tensordict} Python calls against the chain's "
+            f"{through_chain}: its per-call machinery is gone, and TensorChain may go"
+        )
+
+
+def test_tensor_chain_refuses_sequences_it_cannot_run_on_tensors():
+    from tensordict.nn import TensorDictSequential
+
+    from torchrl_awr.compat import TensorChain
+
+    linear = TensorDictModule(torch.nn.Linear(2, 2), in_keys=["x"], out_keys=["y"])
+    hooked = TensorDictModule(torch.nn.Linear(2, 2), in_keys=["x"], out_keys=["y"])
+    hooked.register_forward_hook(lambda module, args, out: out)
+
+    class OwnForward(TensorDictModule):
+        def forward(self, tensordict):
+            return tensordict
+
+    refused = {
+        "selected_out_keys": TensorDictSequential(linear, selected_out_keys=["y"]),
+        "partial_tolerant": TensorDictSequential(linear, partial_tolerant=True),
+        "keyword inputs": TensorDictModule(lambda a: a, in_keys={"x": "a"}, out_keys=["y"]),
+        "a forward hook": TensorDictSequential(hooked),
+        "its own forward": TensorDictSequential(OwnForward(torch.nn.Linear(2, 2), in_keys=["x"], out_keys=["y"])),
+        "a probabilistic actor": make_awr_actor(5, make_env("Pendulum-v1").action_spec),
+    }
+    for name, module in refused.items():
+        assert TensorChain.of(module) is None, name
+    assert TensorChain.of(TensorDictSequential(linear)) is not None

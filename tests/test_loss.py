@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -666,3 +667,31 @@ def test_computed_targets_are_not_differentiated():
     hand_grads = torch.autograd.grad(hand, list(value.parameters()))
     for g, h in zip(grads, hand_grads, strict=True):
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"learn_std": True}, {"tanh": True}])
+def test_tensor_chain_path_equals_the_tensordict_path(kwargs):
+    """The actor and critic run as plain module calls (compat.TensorChain) give the losses, diagnostics and
+    gradients of their TensorDict calls, with the bound penalty, a value scale and padded rows."""
+    torch.manual_seed(0)
+    penalty = 0.0 if kwargs.get("tanh") else 3.0
+    fast = AWRLoss(continuous_actor(**kwargs), make_awr_value(OBS), action_bound_penalty=penalty, value_scale=2.0)
+    assert fast._actor_chain is not None and fast._value_chain is not None
+    slow = copy.deepcopy(fast)
+    slow._actor_chain = slow._value_chain = None
+    batch = continuous_batch(12)
+    batch.set(("collector", "mask"), torch.arange(12) < 9)
+    for loss in (fast, slow):  # push the means past the bounds, so that the penalty is not zero
+        _push_mean_out_of_bounds(loss.actor_network, 1.5)
+    outs = []
+    for loss in (fast, slow):
+        out = loss(batch.clone())
+        (out["loss_actor"] + out["loss_value"]).backward()
+        outs.append((out, [p.grad for p in loss.parameters()]))
+    (fast_out, fast_grads), (slow_out, slow_grads) = outs
+    if penalty:
+        assert fast_out["loss_actor"] > AWRLoss(slow.actor_network, slow.value_network)(batch)["loss_actor"]
+    for key in slow_out.keys():
+        assert torch.equal(fast_out[key], slow_out[key]), key
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDict, TensorDictBase, unravel_key
+from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule, TensorDictSequential
 from tensordict.utils import NestedKey
-from torch import Tensor
+from torch import Tensor, nn
+from torch.distributions import Distribution
 from torchrl.collectors import MultiAsyncCollector
 from torchrl.data import ReplayBuffer
 from torchrl.envs import ObservationNorm
@@ -109,6 +110,84 @@ class StateNorm(ObservationNorm):
     def _apply_transform(self, obs: Tensor) -> Tensor:
         out = (obs - self.loc) / self.scale
         return out if self.clip is None else out.clamp(-self.clip, self.clip)
+
+
+class TensorChain:
+    """A :class:`~tensordict.nn.TensorDictSequential` of plain modules run on its tensors, without the TensorDict
+    machinery of each call; :meth:`of` builds one, or returns ``None`` for a sequence it cannot run that way.
+
+    tensordict 0.14.3 wraps each :class:`~tensordict.nn.TensorDictModule` call in its dispatch, skip-existing,
+    key-unravelling and output-writing layers; on an AWR actor (normaliser, then MLP → ``loc``, ``scale``) they cost
+    ~120 µs per eager update step on a 2-core CPU, ~15% of the step. A chain reads the sequence's ``in_keys`` from
+    the tensordict once, then calls each step's ``module`` (a :class:`~tensordict.nn.TensorDictModule`'s, or
+    :class:`StateNorm`'s ``_apply_transform``) on the tensors its ``in_keys`` name, and returns every entry the
+    sequence would have written, in a dict. It runs the same modules on the same tensors, so the values (and
+    gradients) are the sequence's. Supported: :class:`~tensordict.nn.TensorDictSequential` (nested too, no
+    ``selected_out_keys``, not ``partial_tolerant``), ``TensorDictModule`` and :class:`DirectWriteModule` (positional
+    ``in_keys``, no hooks), :class:`StateNorm`; anything else (a subclass with its own ``forward``, a probabilistic
+    module, a keyword-mapped module) gives ``None``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_awr import make_awr_value
+        >>> critic = make_awr_value(3)
+        >>> batch = TensorDict(observation=torch.randn(4, 3), batch_size=[4])
+        >>> chain = TensorChain.of(critic)
+        >>> sorted(chain(batch))
+        ['observation', 'observation_norm', 'state_value']
+        >>> torch.equal(chain(batch)["state_value"], critic(batch.clone())["state_value"])
+        True
+    """
+
+    def __init__(self, in_keys: list[NestedKey], steps: list[tuple[Any, list[NestedKey], list[NestedKey]]]) -> None:
+        self.in_keys = in_keys
+        self.steps = steps  # (function of tensors, its input keys, its output keys), in order
+
+    @classmethod
+    def of(cls, module: Any) -> TensorChain | None:
+        steps = cls._steps(module)
+        if steps is None:
+            return None
+        return cls([unravel_key(k) for k in module.in_keys], steps)
+
+    @classmethod
+    def _steps(cls, module: Any) -> list | None:
+        if type(module) is TensorDictSequential:
+            if module._select_before_return or module.partial_tolerant:
+                return None
+            steps: list = []
+            subs = module.module.values() if isinstance(module.module, nn.ModuleDict) else module.module
+            for sub in subs:
+                sub_steps = cls._steps(sub)
+                if sub_steps is None:
+                    return None
+                steps += sub_steps
+            return steps
+        if type(module) is StateNorm and not module.missing_tolerance:
+            fn = module._apply_transform
+        elif type(module) in (TensorDictModule, DirectWriteModule) and module._kwargs is None:
+            if module._forward_hooks or module._forward_pre_hooks:
+                return None
+            fn = module.module
+        else:
+            return None
+        return [(fn, [unravel_key(k) for k in module.in_keys], [unravel_key(k) for k in module.out_keys])]
+
+    def __call__(self, tensordict: TensorDictBase) -> dict[NestedKey, Tensor]:
+        """The sequence's inputs read from ``tensordict`` and every entry it writes, by (unravelled) key."""
+        entries = {key: tensordict.get(key) for key in self.in_keys}
+        for fn, in_keys, out_keys in self.steps:
+            outputs = fn(*(entries[key] for key in in_keys))
+            if not isinstance(outputs, tuple):
+                outputs = (outputs,)
+            entries.update((key, out) for key, out in zip(out_keys, outputs, strict=True) if key != "_")
+        return entries
+
+    def distribution(self, dist_module: ProbabilisticTensorDictModule, tensordict: TensorDictBase) -> Distribution:
+        """``dist_module.get_dist`` on the chain's outputs: it reads its parameters with ``.get(key, None)``, which
+        the dict answers as a TensorDict would (no TensorDict is built for them)."""
+        return dist_module.get_dist(self(tensordict))
 
 
 def ray_local_address() -> str | None:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase, unravel_key
 from tensordict.nn import (
     ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
@@ -33,7 +34,7 @@ from torchrl.data import TensorSpec
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
-from torchrl_awr.compat import loss_mask_keys
+from torchrl_awr.compat import TensorChain, loss_mask_keys
 
 ADVANTAGE_EPS = 1e-5  # the original's ADV_EPS: keeps a zero-std batch finite
 
@@ -455,6 +456,10 @@ class AWRLoss(LossModule):
             self._unit_bounds = bool((low == -1).all() and (high == 1).all())
         # The module that builds π(·|s) from the actor's outputs, found once (get_dist would search for it per call).
         self._dist_module = _distribution_module(actor_network)
+        # The actor's deterministic part and the critic run as plain module calls on tensors where they are chains of
+        # plain modules (~120 µs less per eager actor step on a CPU); otherwise through their TensorDict calls.
+        self._actor_chain = TensorChain.of(actor_network.det_part) if self._dist_module is not None else None
+        self._value_chain = TensorChain.of(value_network)
         self._in_keys = None
 
     @property
@@ -641,6 +646,8 @@ class AWRLoss(LossModule):
 
     # -------------------------------------------------------------- losses
     def _state_value(self, tensordict: TensorDictBase) -> Tensor:
+        if self._value_chain is not None and not self._shared_value_params:
+            return self._value_chain(tensordict)[unravel_key(self.tensor_keys.value)]
         td_value = tensordict.select(*self.value_network.in_keys, strict=False)
         if self._shared_value_params:  # separate_losses: the actor's parameters enter V(s) as constants
             detached = {name: self.value_network.get_parameter(name).detach() for name in self._shared_value_params}
@@ -662,12 +669,13 @@ class AWRLoss(LossModule):
         target = inputs.get(self.tensor_keys.value_target)
         value = self._state_value(inputs)
         target = target.view_as(value)
-        loss = distance_loss(value / self.value_scale, target / self.value_scale, self.loss_critic_type)
+        scaled = (value, target) if self.value_scale == 1 else (value / self.value_scale, target / self.value_scale)
+        loss = distance_loss(*scaled, self.loss_critic_type)
         if self.loss_critic_type == "l2":
             loss = 0.5 * loss
         with torch.no_grad():
             explained_variance = 1 - _masked_var(target - value, mask) / _masked_var(target, mask).clamp_min(1e-8)
-        return self._reduce_loss(loss.squeeze(-1), tensordict), {"explained_variance": explained_variance}
+        return self._reduce(loss.squeeze(-1), tensordict, mask), {"explained_variance": explained_variance}
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Advantage-weighted log-likelihood ``−min(exp(A/β), max_weight) · log π(a|s)``.
@@ -714,27 +722,36 @@ class AWRLoss(LossModule):
                 "advantage_std": advantage_var.sqrt(),
             }
         if self.action_bound_penalty > 0:
-            loss = loss + self.action_bound_penalty * self._bound_violation(dist)
+            loss = loss + self._bound_violation(dist, self.action_bound_penalty)
         if self._analytic_entropy:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff > 0):  # else a diagnostic
                 entropy = dist.entropy()
             metadata["entropy"] = _masked_mean(entropy.detach(), mask)
             if self.entropy_coeff > 0:
                 loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
-        return self._reduce_loss(loss, tensordict), metadata
+        return self._reduce(loss, tensordict, mask), metadata
+
+    def _reduce(self, loss: Tensor, tensordict: TensorDictBase, mask: Tensor | None) -> Tensor:
+        """``reduction`` over the batch: TorchRL's ``_reduce_loss`` where the batch holds a mask, else directly."""
+        if mask is not None:
+            return self._reduce_loss(loss, tensordict)
+        return loss.mean() if self.reduction == "mean" else loss.sum() if self.reduction == "sum" else loss
 
     def _distribution(self, inputs: TensorDictBase) -> torch.distributions.Distribution:
         """π(·|s): the actor's ``get_dist``, with the distribution module looked up once (at construction)."""
         if self._dist_module is None:
             return self.actor_network.get_dist(inputs)
+        if self._actor_chain is not None:
+            return self._actor_chain.distribution(self._dist_module, inputs)
         return self._dist_module.get_dist(self.actor_network.get_dist_params(inputs))
 
-    def _bound_violation(self, dist: torch.distributions.Distribution) -> Tensor:
-        """``½ Σ (|m| − 1)₊²`` of the mean ``m`` in half-range units: its distance outside ``[-1, 1]``, squared."""
+    def _bound_violation(self, dist: torch.distributions.Distribution, weight: float = 1.0) -> Tensor:
+        """``weight · ½ Σ (|m| − 1)₊²`` of the mean ``m`` in half-range units: its distance outside ``[-1, 1]``,
+        squared."""
         mean = dist.mean
         if not self._unit_bounds:
             mean = (mean - self._action_mid) / self._action_half_range
-        return 0.5 * (mean.abs() - 1).clamp_min(0).square().sum(-1)
+        return F.softshrink(mean, 1.0).square().sum(-1) * (0.5 * weight)  # softshrink(m, 1)² = (|m| − 1)₊²
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

@@ -335,7 +335,9 @@ class RegressionPhase(LoggedUpdate):
     # -------------------------------------------------------------- update steps
     def _eager_step(self, index: Tensor) -> dict[str, Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metadata = self.loss_fn(self._data[index])
+        # a TensorDict of the indexed entries: ~10 µs less than indexing the TensorDict itself
+        batch = TensorDict({key: value[index] for key, value in self._data.items(True, True)}, batch_size=index.shape)
+        loss, metadata = self.loss_fn(batch)
         loss.backward()
         if self.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
