@@ -695,3 +695,19 @@ def test_tensor_chain_path_equals_the_tensordict_path(kwargs):
         assert torch.equal(fast_out[key], slow_out[key]), key
     for a, b in zip(fast_grads, slow_grads, strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_a_deep_copied_loss_runs_its_own_networks():
+    """A copy's chains call the copy's modules (a benchmark or a target network trains the copy, not the original)."""
+    original = AWRLoss(continuous_actor(), make_awr_value(OBS))
+    clone = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(1.0)
+    batch = continuous_batch()
+    assert not torch.equal(clone(batch.clone())["loss_value"], original(batch.clone())["loss_value"])
+    out = clone(batch.clone())
+    (out["loss_actor"] + out["loss_value"]).backward()
+    assert all(p.grad is None for p in original.parameters())
+    assert any(p.grad is not None for p in clone.actor_network.parameters())
+    assert any(p.grad is not None for p in clone.value_network.parameters())
