@@ -125,6 +125,7 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
     assert (cfg.model.layer_norm, cfg.model.activation) == (True, "elu")
     cheetah = load_config(["recipe=tuned"])
     assert (cheetah.optim.optimizer, cheetah.loss.beta, cheetah.buffer.size) == ("adam", pytest.approx(0.3), 25_000)
+    assert cheetah.loss.max_weight == pytest.approx(100.0)  # 20 (the original's) lost over fifteen seeds
     hopper = load_config(["env.name=Hopper-v5", "recipe=tuned"])  # Hopper's own entry: the original's SGD, β = 1
     assert (hopper.optim.optimizer, hopper.optim.actor_lr, hopper.optim.critic_lr, hopper.loss.beta) == (
         "sgd",
