@@ -722,7 +722,7 @@ class AWRLoss(LossModule):
                 "advantage_std": advantage_var.sqrt(),
             }
         if self.action_bound_penalty > 0:
-            loss = loss + self._bound_violation(dist, self.action_bound_penalty)
+            loss = loss + self._bound_penalty(dist)
         if self._analytic_entropy:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff > 0):  # else a diagnostic
                 entropy = dist.entropy()
@@ -745,13 +745,14 @@ class AWRLoss(LossModule):
             return self._actor_chain.distribution(self._dist_module, inputs)
         return self._dist_module.get_dist(self.actor_network.get_dist_params(inputs))
 
-    def _bound_violation(self, dist: torch.distributions.Distribution, weight: float = 1.0) -> Tensor:
-        """``weight · ½ Σ (|m| − 1)₊²`` of the mean ``m`` in half-range units: its distance outside ``[-1, 1]``,
-        squared."""
+    def _bound_penalty(self, dist: torch.distributions.Distribution) -> Tensor:
+        """``action_bound_penalty · ½ Σ (|m| − 1)₊²`` of the mean ``m`` in half-range units: its distance outside
+        ``[-1, 1]``, squared."""
         mean = dist.mean
         if not self._unit_bounds:
             mean = (mean - self._action_mid) / self._action_half_range
-        return F.softshrink(mean, 1.0).square().sum(-1) * (0.5 * weight)  # softshrink(m, 1)² = (|m| − 1)₊²
+        # softshrink(m, 1)² = (|m| − 1)₊²: one op for abs, − 1 and clamp; the two constants folded into one multiply
+        return F.softshrink(mean, 1.0).square().sum(-1) * (0.5 * self.action_bound_penalty)
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
