@@ -663,9 +663,10 @@ class AWRLoss(LossModule):
         tensordict = self._ensure_targets(tensordict, self.tensor_keys.value_target)
         mask = self._validity_mask(tensordict)
         self._get_checked(tensordict, self.tensor_keys.value_target, mask)
-        inputs = self._zero_dropped_rows(
-            tensordict.select(self.tensor_keys.value_target, *self.value_network.in_keys, strict=False), mask
-        )
+        inputs = tensordict
+        if self._value_chain is None:  # a selection, so that the critic writes its entries there, not in the batch
+            inputs = inputs.select(self.tensor_keys.value_target, *self.value_network.in_keys, strict=False)
+        inputs = self._zero_dropped_rows(inputs, mask)
         target = inputs.get(self.tensor_keys.value_target)
         value = self._state_value(inputs)
         target = target.view_as(value)
@@ -695,11 +696,12 @@ class AWRLoss(LossModule):
                 f"AWRLoss: tensordict stored {keys.action!r} requires grad; the actions are regression labels "
                 "(detach them before the loss)."
             )
-        # A selection, so that the actor's intermediate entries (loc, scale, the normalised observation) are
-        # written there and not into the caller's batch.
-        inputs = self._zero_dropped_rows(
-            tensordict.select(keys.advantage, keys.action, *self.actor_network.in_keys, strict=False), mask
-        )
+        # A chain writes nothing into the batch; else a selection, so that the actor's intermediate entries (loc,
+        # scale, the normalised observation) are written there and not into the caller's batch.
+        inputs = tensordict
+        if self._actor_chain is None:
+            inputs = inputs.select(keys.advantage, keys.action, *self.actor_network.in_keys, strict=False)
+        inputs = self._zero_dropped_rows(inputs, mask)
         advantage = inputs.get(keys.advantage).detach()
         action = inputs.get(keys.action)
         weights, clipped = awr_weights(
@@ -711,6 +713,11 @@ class AWRLoss(LossModule):
         log_prob = dist.log_prob(action)
         weights = weights.reshape(log_prob.shape)
         loss = -weights * log_prob
+        if self.action_bound_penalty > 0:
+            loss = loss + self._bound_penalty(dist)
+        entropy = dist.entropy() if self._analytic_entropy and self.entropy_coeff > 0 else None
+        if entropy is not None:
+            loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
         with torch.no_grad():  # diagnostics
             kept_weights = weights if mask is None else torch.where(_broadcast(mask, weights), weights, 0.0)
             advantage_var, advantage_mean = _masked_var_mean(advantage, mask)
@@ -721,14 +728,8 @@ class AWRLoss(LossModule):
                 "advantage_mean": advantage_mean,
                 "advantage_std": advantage_var.sqrt(),
             }
-        if self.action_bound_penalty > 0:
-            loss = loss + self._bound_penalty(dist)
-        if self._analytic_entropy:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff > 0):  # else a diagnostic
-                entropy = dist.entropy()
-            metadata["entropy"] = _masked_mean(entropy.detach(), mask)
-            if self.entropy_coeff > 0:
-                loss = loss - self.entropy_coeff * entropy.reshape(loss.shape)
+            if self._analytic_entropy:
+                metadata["entropy"] = _masked_mean(dist.entropy() if entropy is None else entropy, mask)
         return self._reduce(loss, tensordict, mask), metadata
 
     def _reduce(self, loss: Tensor, tensordict: TensorDictBase, mask: Tensor | None) -> Tensor:
