@@ -599,6 +599,17 @@ class AWRLoss(LossModule):
                 mask = entry if mask is None else mask & entry
         return mask
 
+    def _network_inputs(
+        self, tensordict: TensorDictBase, mask: Tensor | None, chain: TensorChain | None, *keys: NestedKey
+    ) -> TensorDictBase:
+        """What a loss method hands its network: the batch itself where the network runs as a chain (it writes
+        nothing into it), else a selection of ``keys``, so that the network's intermediate entries (``loc``,
+        ``scale``, the normalised observation) are written there and not into the caller's batch; rows ``mask``
+        drops are zeroed."""
+        if chain is None:
+            tensordict = tensordict.select(*keys, strict=False)
+        return self._zero_dropped_rows(tensordict, mask)
+
     @staticmethod
     def _zero_dropped_rows(tensordict: TensorDictBase, mask: Tensor | None) -> TensorDictBase:
         """A copy whose floating entries are ``0`` in the rows ``mask`` drops, so they cannot reach a gradient."""
@@ -663,10 +674,9 @@ class AWRLoss(LossModule):
         tensordict = self._ensure_targets(tensordict, self.tensor_keys.value_target)
         mask = self._validity_mask(tensordict)
         self._get_checked(tensordict, self.tensor_keys.value_target, mask)
-        inputs = tensordict
-        if self._value_chain is None:  # a selection, so that the critic writes its entries there, not in the batch
-            inputs = inputs.select(self.tensor_keys.value_target, *self.value_network.in_keys, strict=False)
-        inputs = self._zero_dropped_rows(inputs, mask)
+        inputs = self._network_inputs(
+            tensordict, mask, self._value_chain, self.tensor_keys.value_target, *self.value_network.in_keys
+        )
         target = inputs.get(self.tensor_keys.value_target)
         value = self._state_value(inputs)
         target = target.view_as(value)
@@ -696,12 +706,9 @@ class AWRLoss(LossModule):
                 f"AWRLoss: tensordict stored {keys.action!r} requires grad; the actions are regression labels "
                 "(detach them before the loss)."
             )
-        # A chain writes nothing into the batch; else a selection, so that the actor's intermediate entries (loc,
-        # scale, the normalised observation) are written there and not into the caller's batch.
-        inputs = tensordict
-        if self._actor_chain is None:
-            inputs = inputs.select(keys.advantage, keys.action, *self.actor_network.in_keys, strict=False)
-        inputs = self._zero_dropped_rows(inputs, mask)
+        inputs = self._network_inputs(
+            tensordict, mask, self._actor_chain, keys.advantage, keys.action, *self.actor_network.in_keys
+        )
         advantage = inputs.get(keys.advantage).detach()
         action = inputs.get(keys.action)
         weights, clipped = awr_weights(
