@@ -134,7 +134,8 @@ def test_tuned_recipe_sets_adam_over_the_task_preset_and_beta_per_task():
         pytest.approx(1.0),
     )
     assert (hopper.model.layer_norm, hopper.model.activation) == (False, "relu")  # LayerNorm and ELU lost there
-    assert hopper.model.action_std == pytest.approx(0.3)  # 0.4 (the original's) lost over ten seeds at 1M
+    # the original's 0.4: 0.3 led over seeds 0-9 (stop 38), then stalled a seed of 10-14 and trailed over fifteen
+    assert hopper.model.action_std == pytest.approx(0.4)
     assert load_config(["env.name=Hopper-v5", "recipe=original"]).model.action_std == pytest.approx(0.4)
     # Hopper: 1024 frames per iteration with half the steps (twice the critic steps per frame); every 20,480 frames
     assert (hopper.collector.frames_per_batch, hopper.optim.actor_steps, hopper.optim.critic_steps) == (1024, 500, 200)
