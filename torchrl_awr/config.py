@@ -206,7 +206,7 @@ PRESETS: dict[str, dict[str, object]] = {
 # seeds"): 3396 ± 87 at 1M over seeds 0-9 against 3165 ± 610 (one seed stalled at 1476), and back to 0.4 when both
 # ran on seeds 10-14 (BENCHMARKS.md "Hopper over fifteen seeds, ..."): 0.3 stalled there too (640, no hop by 1M) and
 # 0.4 did not (3263-3307), so over fifteen seeds 0.4 leads, 3204 ± 493 against 3170 ± 710, within the spread
-# (p = 0.85), and its mean curve is ahead from ~600k to ~900k frames.
+# (p = 0.85), and its mean curve is ahead from ~500k to ~900k frames.
 # HalfCheetah's weight clip went from 20 to 100 (BENCHMARKS.md "Hopper's action std of 0.3 over ten seeds; ..."):
 # 6112 at 1M over seeds 0-14 against 5899 (+177 on seeds 0-9, +285 on seeds 10-14; last three evaluations 6190
 # against 5895), within the seeds' spread (permutation p = 0.46) but ahead in both batches, at no cost.
