@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?=
 ARGS ?=
 
-.PHONY: install test lint train clean
+.PHONY: install test lint train results clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test: lint
 
 train: install
 	$(PY) scripts/train_mujoco.py $(ARGS)
+
+# README's Results table (stdout) and docs/results.png from the committed runs that docs/results.json names
+results: install
+	$(PY) scripts/results.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

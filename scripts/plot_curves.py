@@ -74,6 +74,33 @@ def table(named_curves: dict[str, list[list[tuple[float, float]]]]) -> str:
     return "\n".join(lines)
 
 
+def draw(
+    ax: plt.Axes,
+    reference: dict[str, list[tuple[float, float]]],
+    ours: dict[str, list[list[tuple[float, float]]]],
+    max_frames: float,
+) -> None:
+    """The original's seeds (gray, mean ± std) and each of our labels' runs (their mean ± std, or the one curve)."""
+    ax.set_prop_cycle(color=[c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["black"])  # 7: gray
+    grid = np.linspace(0, max_frames, 200)
+    ref = np.stack([np.interp(grid, *zip(*sorted(c), strict=True)) for c in reference.values()])
+    ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
+    ax.fill_between(grid, ref.mean(0) - ref.std(0), ref.mean(0) + ref.std(0), color="gray", alpha=0.25)
+    for label, curves in ours.items():  # runs sharing a label: their mean, and ± one std shaded
+        if len(curves) == 1:
+            ax.plot(*zip(*curves[0], strict=True), label=label)
+            continue
+        end = min(c[-1][0] for c in curves)
+        span = grid[grid <= end]
+        runs = np.stack([np.interp(span, *zip(*c, strict=True)) for c in curves])
+        (line,) = ax.plot(span, runs.mean(0), label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(span, runs.mean(0) - runs.std(0), runs.mean(0) + runs.std(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlim(0, max_frames)
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel("deterministic eval return")
+    ax.grid(alpha=0.3)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, help="task name in the reference CSV, e.g. half_cheetah")
@@ -92,30 +119,13 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"plot_curves.py: error: {err}", file=sys.stderr)
         return 2
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.set_prop_cycle(color=[c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + ["black"])  # 7: gray
-    grid = np.linspace(0, args.max_frames, 200)
-    ref = np.stack([np.interp(grid, *zip(*sorted(c), strict=True)) for c in reference.values()])
-    ax.plot(grid, ref.mean(0), color="gray", label=f"original AWR, Gym -v2 ({len(reference)} seeds)")
-    ax.fill_between(grid, ref.mean(0) - ref.std(0), ref.mean(0) + ref.std(0), color="gray", alpha=0.25)
     ours: dict[str, list[list[tuple[float, float]]]] = {}
     for run, label in zip(runs, labels, strict=True):
         ours.setdefault(label, []).append(run)
-    for label, curves in ours.items():  # runs sharing a label: their mean, and ± one std shaded
-        if len(curves) == 1:
-            ax.plot(*zip(*curves[0], strict=True), label=label)
-            continue
-        end = min(c[-1][0] for c in curves)
-        span = grid[grid <= end]
-        runs = np.stack([np.interp(span, *zip(*c, strict=True)) for c in curves])
-        (line,) = ax.plot(span, runs.mean(0), label=f"{label} ({len(curves)} seeds)")
-        ax.fill_between(span, runs.mean(0) - runs.std(0), runs.mean(0) + runs.std(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlim(0, args.max_frames)
-    ax.set_xlabel("environment frames")
-    ax.set_ylabel("deterministic eval return")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    draw(ax, reference, ours, args.max_frames)
     ax.set_title(f"AWR on {args.task}: torchrl-awr vs the original")
     ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
