@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference" / "awr_original_curves.csv"  # from the xbpeng/awr logs (its README)
 
 
-def read_reference(path: Path, task: str) -> dict[str, list[tuple[float, float]]]:
-    """The original's curves of ``task``, per seed; a ``ValueError`` naming the tasks there when it has none."""
+def read_reference(path: Path, task: str, name: str = "--task") -> dict[str, list[tuple[float, float]]]:
+    """The original's curves of ``task``, per seed; a ``ValueError`` naming ``name=task`` and the tasks there when
+    it has none."""
     if not path.is_file():
         raise ValueError(f"--reference={str(path)!r} does not exist; pass the original's curves CSV.")
     curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -40,7 +41,7 @@ def read_reference(path: Path, task: str) -> dict[str, list[tuple[float, float]]
             if row["env"] == task:
                 curves[row["seed"]].append((float(row["samples"]), float(row["test_return"])))
     if not curves:
-        raise ValueError(f"--task={task!r} is not in {path.name}; choose one of: {', '.join(sorted(tasks))}.")
+        raise ValueError(f"{name}={task!r} is not in {path.name}; choose one of: {', '.join(sorted(tasks))}.")
     return curves
 
 

@@ -30,10 +30,12 @@ def load_spec(path: Path) -> tuple[int, list[dict]]:
         spec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"--spec={str(path)!r} is not a readable JSON file ({err}).") from None
-    budget, tasks = spec.get("budget"), spec.get("tasks")
+    budget, tasks = (spec.get("budget"), spec.get("tasks")) if isinstance(spec, dict) else (None, None)
     if not isinstance(budget, int) or budget <= 0 or not isinstance(tasks, list) or not tasks:
         raise ValueError(f"--spec={str(path)!r} needs a positive integer 'budget' and a non-empty list 'tasks'.")
     for task in tasks:
+        if not isinstance(task, dict):
+            raise ValueError(f"--spec: task {task!r} is not an object; each task needs {', '.join(KEYS)}.")
         missing = [key for key in KEYS if key not in task]
         if missing or not task["runs"]:
             raise ValueError(f"--spec: task {task.get('env', '?')!r} lacks {', '.join(missing) or 'runs'}; "
@@ -41,8 +43,9 @@ def load_spec(path: Path) -> tuple[int, list[dict]]:
     return budget, tasks
 
 
-def final_returns(task: dict, budget: int) -> list[list[tuple[float, float]]]:
-    """The task's runs as ``(frames, return)`` curves; a ``ValueError`` for a run that ends before the budget."""
+def read_runs(task: dict, budget: int) -> list[list[tuple[float, float]]]:
+    """The task's runs (dirs relative to the repo root, or absolute) as ``(frames, return)`` curves; a
+    ``ValueError`` for a run that ends before the budget."""
     curves = [read_run(ROOT / run) for run in task["runs"]]
     for run, curve in zip(task["runs"], curves, strict=True):
         if not curve or curve[-1][0] < budget:
@@ -72,8 +75,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         budget, tasks = load_spec(args.spec)
-        references = [read_reference(args.reference, task["reference"]) for task in tasks]
-        runs = [final_returns(task, budget) for task in tasks]
+        references = [read_reference(args.reference, t["reference"], f"--spec: {t['env']}'s reference") for t in tasks]
+        runs = [read_runs(task, budget) for task in tasks]
     except ValueError as err:
         print(f"results.py: error: {err}", file=sys.stderr)
         return 2

@@ -62,3 +62,20 @@ def test_the_committed_spec_names_runs_that_reach_1m_frames() -> None:
     assert done.returncode == 0, done.stderr
     assert [line.split("|")[1].strip() for line in done.stdout.splitlines()[2:8]] == [
         "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5", "LunarLander-v3"]
+
+
+def test_a_spec_that_is_not_an_object_or_names_an_unknown_reference_is_one_line(tmp_path) -> None:
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    done = run_script(RESULTS, "--spec", str(path), "--out", str(tmp_path / "p.png"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"results.py: error: --spec={str(path)!r} needs a positive integer 'budget' and a non-empty list 'tasks'."
+    )
+    write_run(tmp_path / "a0", [1.0] * 10)
+    bad = task("A-v5", [str(tmp_path / "a0")], 1, None) | {"reference": "cheetah"}
+    done = run_script(RESULTS, "--spec", spec(tmp_path, [bad]), "--out", str(tmp_path / "p.png"))
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(
+        "results.py: error: --spec: A-v5's reference='cheetah' is not in awr_original_curves.csv; choose one of:"
+    )
