@@ -40,6 +40,12 @@ def load_spec(path: Path) -> tuple[int, list[dict]]:
         if missing or not task["runs"]:
             raise ValueError(f"--spec: task {task.get('env', '?')!r} lacks {', '.join(missing) or 'runs'}; "
                              f"each task needs {', '.join(KEYS)}.")
+        numbers = {"goal": task["goal"], **({} if task["ppo_zoo"] is None else {"ppo_zoo": task["ppo_zoo"]})}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"--spec: {task['env']}'s {key}={value!r} is not a number.")
+        if not isinstance(task["runs"], list) or not all(isinstance(run, str) for run in task["runs"]):
+            raise ValueError(f"--spec: {task['env']}'s runs={task['runs']!r} is not a list of run dirs.")
     return budget, tasks
 
 

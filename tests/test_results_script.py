@@ -79,3 +79,12 @@ def test_a_spec_that_is_not_an_object_or_names_an_unknown_reference_is_one_line(
     assert done.stderr.strip().startswith(
         "results.py: error: --spec: A-v5's reference='cheetah' is not in awr_original_curves.csv; choose one of:"
     )
+
+
+def test_a_goal_that_is_not_a_number_or_runs_that_are_not_a_list_is_one_line(tmp_path) -> None:
+    for key, value, message in (("goal", "high", "A-v5's goal='high' is not a number."),
+                                ("runs", "docs/runs/x", "A-v5's runs='docs/runs/x' is not a list of run dirs.")):
+        bad = task("A-v5", ["unused"], 1, None) | {key: value}
+        done = run_script(RESULTS, "--spec", spec(tmp_path, [bad]), "--out", str(tmp_path / "p.png"))
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"results.py: error: --spec: {message}"
