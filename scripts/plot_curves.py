@@ -45,10 +45,11 @@ def read_reference(path: Path, task: str, name: str = "--task") -> dict[str, lis
     return curves
 
 
-def read_run(path: Path) -> list[tuple[float, float]]:
-    """A run's evaluations as ``(frames, return)``; a ``ValueError`` when ``path`` holds no ``eval.csv``."""
+def read_run(path: Path, name: str = "--runs") -> list[tuple[float, float]]:
+    """A run's evaluations as ``(frames, return)``; a ``ValueError`` naming ``name`` and ``path`` when it holds no
+    ``eval.csv``."""
     if not (path / "eval.csv").is_file():
-        raise ValueError(f"--runs: {str(path)!r} holds no eval.csv; pass the output dirs of training runs.")
+        raise ValueError(f"{name}: {str(path)!r} holds no eval.csv; pass the output dirs of training runs.")
     with (path / "eval.csv").open() as f:
         return [(float(r["frames"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
 

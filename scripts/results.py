@@ -6,8 +6,8 @@
 (``reference``: a task of ``docs/reference/awr_original_curves.csv``), the goal, rl-baselines3-zoo's PPO return at
 1M (``ppo_zoo``, or null where the zoo has none), a short description of the default's settings and the default's
 run dirs (each with ``eval.csv``). A run's return at the budget is its final evaluation, which must lie at or past
-the budget; "last three" averages the final three evaluations, as ``plot_curves.py`` does, and so does the
-original's column (its seeds' last three logged points at or below the budget, Gym -v2).
+the budget; "last three" averages a run's final three evaluations, and the original's column its seeds' last three
+logged points at or below the budget (Gym -v2), both by ``plot_curves.at_budget``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def load_spec(path: Path) -> tuple[int, list[dict]]:
 def read_runs(task: dict, budget: int) -> list[list[tuple[float, float]]]:
     """The task's runs (dirs relative to the repo root, or absolute) as ``(frames, return)`` curves; a
     ``ValueError`` for a run that ends before the budget."""
-    curves = [read_run(ROOT / run) for run in task["runs"]]
+    curves = [read_run(ROOT / run, f"--spec: {task['env']}'s runs") for run in task["runs"]]
     for run, curve in zip(task["runs"], curves, strict=True):
         if not curve or curve[-1][0] < budget:
             ended = int(curve[-1][0]) if curve else 0
@@ -62,7 +62,7 @@ def read_runs(task: dict, budget: int) -> list[list[tuple[float, float]]]:
 
 def row(task: dict, curves: list[list[tuple[float, float]]], reference: dict, budget: int) -> str:
     finals = np.array([curve[-1][1] for curve in curves])
-    last3 = np.mean([np.mean([ret for _, ret in curve[-3:]]) for curve in curves])
+    last3 = np.mean([at_budget(curve, curve[-1][0]) for curve in curves])
     original = np.mean([at_budget(curve, budget) for curve in reference.values()])
     gap = finals.mean() - task["goal"]
     verdict = f"met by {gap:.0f}" if gap >= 0 else f"missed by {-gap:.0f}"
@@ -91,8 +91,8 @@ def main(argv: list[str]) -> int:
           f"last three evaluations | goal | zoo PPO at 1M | original AWR at {at} |")
     print("|---|---|---:|---|---:|---:|---|---:|---:|")
     columns = 3
-    fig, axes = plt.subplots(-(-len(tasks) // columns), columns, figsize=(5 * columns, 3.6 * -(-len(tasks) // columns)),
-                             squeeze=False)
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for ax, task, reference, curves in zip(axes.flat, tasks, references, runs, strict=False):
         print(row(task, curves, reference, budget))
         draw(ax, reference, {"torchrl-awr defaults": curves}, budget * 1.05)

@@ -88,3 +88,14 @@ def test_a_goal_that_is_not_a_number_or_runs_that_are_not_a_list_is_one_line(tmp
         done = run_script(RESULTS, "--spec", spec(tmp_path, [bad]), "--out", str(tmp_path / "p.png"))
         assert done.returncode == 2
         assert done.stderr.strip() == f"results.py: error: --spec: {message}"
+
+
+def test_a_run_dir_without_eval_csv_is_one_line_naming_the_task(tmp_path) -> None:
+    """It said "--runs:", a flag results.py does not have."""
+    done = run_script(RESULTS, "--spec", spec(tmp_path, [task("A-v5", [str(tmp_path)], 1, None)]),
+                      "--out", str(tmp_path / "p.png"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"results.py: error: --spec: A-v5's runs: {str(tmp_path)!r} holds no eval.csv; "
+        "pass the output dirs of training runs."
+    )
